@@ -1,0 +1,539 @@
+package sessionpush
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/gorilla/sessions"
+
+	"github.com/sessionpush/sessionpush/hub"
+	"github.com/sessionpush/sessionpush/relay"
+)
+
+// Session keys under which the Middleware keeps a session's channel and its
+// owner. Both values are strings, so they suit gob- and JSON-encoded
+// sessions alike.
+const (
+	SessionKeyChannel = "sessionpush.channel"
+	SessionKeyOwner   = "sessionpush.owner"
+)
+
+// Defaults for the zero values of [Config].
+const (
+	DefaultSessionName    = "session"
+	DefaultUserKey        = "user"
+	DefaultSubscriberURL  = "/sub/{channel}"
+	DefaultMaxMessageSize = 64 << 10
+	DefaultMaxListeners   = 10
+	DefaultBufferLength   = 10
+	DefaultMessageTTL     = time.Hour
+	DefaultIdleTimeout    = 30 * time.Minute
+	DefaultConcurrency    = 16
+)
+
+// Config configures a [Manager]. Only Sessions is required; every other
+// field has a useful zero value, given in its comment.
+type Config struct {
+	// Sessions is the application's session store, the one its sign-in
+	// code writes to. Required: New returns ErrNoSessionStore without it.
+	Sessions sessions.Store
+
+	// SessionName is the name of the session (and of its cookie) that
+	// holds the signed-in user. Zero means "session".
+	SessionName string
+
+	// UserKey is the session value that holds the signed-in user's ID: a
+	// string, an integer or a fmt.Stringer; absent or empty means nobody
+	// is signed in. Zero means "user". Ignored when User is set.
+	UserKey string
+
+	// User, if set, tells the signed-in user of a request instead of
+	// UserKey: it returns the user's ID, or "" when nobody is signed in.
+	// It runs on every request that passes the Middleware, so it must be
+	// cheap and must not touch the network.
+	User func(r *http.Request, s *sessions.Session) string
+
+	// Relay carries messages to listeners. Nil means an embedded relay
+	// (package hub) built from the limits below and shut down by
+	// [Manager.Shutdown]; its listeners are served by SubscriberHandler.
+	Relay relay.Relay
+
+	// Store remembers open channels. Nil means [NewMemoryStore], which
+	// suits a single application instance.
+	Store Store
+
+	// SubscriberURL is the template of the listening URL that
+	// SubscribeHandler returns; "{channel}" is replaced by the channel
+	// ID. It may be absolute or relative to the page. Zero means
+	// "/sub/{channel}", where SubscriberHandler is meant to be mounted.
+	SubscriberURL string
+
+	// ErrorHandler writes the answer when a handler of the kit fails or
+	// refuses a request. The error is a *[StatusError] carrying the HTTP
+	// status. Nil means: log the error at Debug (4xx) or Error (5xx) level
+	// and write the status text alone, never the error's text.
+	ErrorHandler func(w http.ResponseWriter, r *http.Request, err error)
+
+	// Logger receives the kit's structured events. Nil means
+	// slog.Default().
+	Logger *slog.Logger
+
+	// MaxMessageSize caps a message body in bytes; larger pushes fail
+	// with ErrMessageTooLarge and nothing is published. Zero means 64 KiB.
+	// With Nchan, keep nginx's client_max_body_size at least this large.
+	MaxMessageSize int
+
+	// MaxListeners caps the listeners of one channel on the embedded
+	// relay (push_max_channel_subscribers). Zero means 10; negative means
+	// no cap. Ignored when Relay is set: configure the relay itself.
+	MaxListeners int
+
+	// BufferLength is how many messages the embedded relay keeps per
+	// channel for listeners that reconnect. Zero means 10; negative means
+	// none. Ignored when Relay is set.
+	BufferLength int
+
+	// MessageTTL is how long the embedded relay keeps a message. Zero
+	// means one hour; negative means until it is pushed out of the buffer.
+	// Ignored when Relay is set.
+	MessageTTL time.Duration
+
+	// IdleTimeout is how long an open channel may go without listeners
+	// and without a call to SubscribeHandler before [Manager.ExpireIdle]
+	// (run periodically by [Manager.Run]) closes it. Zero means 30
+	// minutes; negative means channels never expire.
+	IdleTimeout time.Duration
+
+	// Concurrency bounds the relay requests that Broadcast and PushUser
+	// make at once. Zero means 16.
+	Concurrency int
+}
+
+// ErrNoSessionStore is returned by [New] when Config.Sessions is nil.
+var ErrNoSessionStore = errors.New("sessionpush: Config.Sessions is nil")
+
+// Manager binds push channels to sessions, opens and closes them on the
+// relay, and pushes to them. Create it with [New]; it is safe for concurrent
+// use.
+type Manager struct {
+	sessions      sessions.Store
+	name          string
+	userKey       string
+	userFunc      func(*http.Request, *sessions.Session) string
+	relay         relay.Relay
+	ownHub        *hub.Hub // the embedded relay when New built it
+	store         Store
+	subscriberURL string
+	errorHandler  func(http.ResponseWriter, *http.Request, error)
+	log           *slog.Logger
+	maxSize       int
+	idle          time.Duration
+	concurrency   int
+	now           func() time.Time
+}
+
+// New checks cfg, fills in its defaults and returns a Manager. It starts no
+// goroutine: see [Manager.Run] for idle expiry.
+func New(cfg Config) (*Manager, error) {
+	if cfg.Sessions == nil {
+		return nil, ErrNoSessionStore
+	}
+	m := &Manager{
+		sessions:      cfg.Sessions,
+		name:          or(cfg.SessionName, DefaultSessionName),
+		userKey:       or(cfg.UserKey, DefaultUserKey),
+		userFunc:      cfg.User,
+		relay:         cfg.Relay,
+		store:         cfg.Store,
+		subscriberURL: or(cfg.SubscriberURL, DefaultSubscriberURL),
+		errorHandler:  cfg.ErrorHandler,
+		log:           cfg.Logger,
+		maxSize:       orInt(cfg.MaxMessageSize, DefaultMaxMessageSize),
+		idle:          cfg.IdleTimeout,
+		concurrency:   orInt(cfg.Concurrency, DefaultConcurrency),
+		now:           time.Now,
+	}
+	if !strings.Contains(m.subscriberURL, "{channel}") {
+		return nil, fmt.Errorf("sessionpush: Config.SubscriberURL %q has no {channel}", m.subscriberURL)
+	}
+	if m.maxSize < 0 || m.concurrency < 0 {
+		return nil, errors.New("sessionpush: Config.MaxMessageSize and Config.Concurrency must not be negative")
+	}
+	if m.idle == 0 {
+		m.idle = DefaultIdleTimeout
+	}
+	if m.log == nil {
+		m.log = slog.Default()
+	}
+	if m.errorHandler == nil {
+		m.errorHandler = m.defaultErrorHandler
+	}
+	if m.store == nil {
+		m.store = NewMemoryStore()
+	}
+	if m.relay == nil {
+		m.ownHub = hub.New(hub.Options{
+			BufferLength:   orInt(cfg.BufferLength, DefaultBufferLength),
+			MessageTTL:     cfg.MessageTTL,
+			MaxListeners:   orInt(cfg.MaxListeners, DefaultMaxListeners),
+			MaxMessageSize: m.maxSize,
+			Logger:         m.log,
+		})
+		m.relay = m.ownHub
+	}
+	warnCookieOptions(m.log, cfg.Sessions)
+	return m, nil
+}
+
+// warnCookieOptions logs when the application's cookie store would send a
+// session cookie that scripts can read or that other sites' requests carry.
+func warnCookieOptions(log *slog.Logger, s sessions.Store) {
+	var o *sessions.Options
+	switch s := s.(type) {
+	case *sessions.CookieStore:
+		o = s.Options
+	case *sessions.FilesystemStore:
+		o = s.Options
+	}
+	if o != nil && (!o.HttpOnly || o.SameSite == http.SameSiteNoneMode || o.SameSite == http.SameSiteDefaultMode) {
+		log.Warn("sessionpush: the session cookie should be HttpOnly with SameSite Lax or Strict",
+			"http_only", o.HttpOnly, "same_site", o.SameSite)
+	}
+}
+
+// Shutdown ends every listener of the embedded relay that New built and
+// waits for them, or until ctx is done. It does nothing to a Config.Relay,
+// which belongs to the caller.
+func (m *Manager) Shutdown(ctx context.Context) error {
+	if m.ownHub == nil {
+		return nil
+	}
+	return m.ownHub.Shutdown(ctx)
+}
+
+// Channel is a push channel bound to a signed-in session.
+type Channel struct {
+	// ID is the channel ID: a canonical UUID in version 4 form.
+	ID string
+	// User is the ID of the user who owns the channel.
+	User string
+
+	m *Manager
+}
+
+// Push publishes msg to the channel, as [Manager.Push].
+func (c *Channel) Push(ctx context.Context, msg Message) (Receipt, error) {
+	return c.m.Push(ctx, c.ID, msg)
+}
+
+// PushJSON publishes v, encoded as JSON, to the channel, as
+// [Manager.PushJSON].
+func (c *Channel) PushJSON(ctx context.Context, v any) error {
+	return c.m.PushJSON(ctx, c.ID, v)
+}
+
+type ctxKey int
+
+const channelKey ctxKey = 0
+
+// NewContext returns a copy of ctx that carries ch, for code below HTTP and
+// for tests.
+func NewContext(ctx context.Context, ch *Channel) context.Context {
+	return context.WithValue(ctx, channelKey, ch)
+}
+
+// FromContext returns the channel that ctx carries, if any.
+func FromContext(ctx context.Context) (*Channel, bool) {
+	ch, ok := ctx.Value(channelKey).(*Channel)
+	return ch, ok && ch != nil
+}
+
+// CurrentChannel returns the channel of r's signed-in session, or nil when
+// nobody is signed in or the Middleware did not run.
+func CurrentChannel(r *http.Request) *Channel {
+	ch, _ := FromContext(r.Context())
+	return ch
+}
+
+// Middleware binds a push channel to every signed-in session and puts it in
+// the request context, where [CurrentChannel] finds it.
+//
+// When a session has a user but no channel for that user, the Middleware
+// binds a new random channel ID (a version 4 UUID) and saves it in the
+// session with its owner. It looks before the handler runs and again when
+// the handler starts its response, so the response that signs a user in
+// already carries the binding, and the requests that follow, however many at
+// once, agree on one channel. When the session's user changes or signs out,
+// the old channel is closed and, for a new user, a new one bound. Binding is
+// not opening: SubscribeHandler opens the channel.
+//
+// On other requests the work is one session decode, which the handler's own
+// session Get then reuses; nothing touches the network. A cookie that fails
+// to decode (tampered, expired, old keys) counts as no session.
+//
+// The ResponseWriter that next receives implements Unwrap, Flush and Hijack
+// over the original one, so [http.NewResponseController] reaches it.
+func (m *Manager) Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := FromContext(r.Context()); ok {
+			next.ServeHTTP(w, r)
+			return
+		}
+		sw := &sessionWriter{ResponseWriter: w, m: m, r: r}
+		ch, ok, err := m.sync(w, r)
+		if err != nil {
+			m.log.Error("sessionpush: binding a channel to the session", "err", err)
+		}
+		if ok {
+			sw.ch = ch
+			r = r.WithContext(NewContext(r.Context(), &sw.ch))
+			sw.r = r
+		}
+		next.ServeHTTP(sw, r)
+		sw.check()
+	})
+}
+
+// sessionWriter looks at the session once more when the handler starts its
+// response, to bind a channel to a user that the handler signed in (or to
+// close the channel of one it signed out).
+type sessionWriter struct {
+	http.ResponseWriter
+	m       *Manager
+	r       *http.Request
+	ch      Channel
+	checked bool
+}
+
+func (w *sessionWriter) check() {
+	if w.checked {
+		return
+	}
+	w.checked = true
+	if _, _, err := w.m.sync(w.ResponseWriter, w.r); err != nil {
+		w.m.log.Error("sessionpush: binding a channel to the session", "err", err)
+	}
+}
+
+func (w *sessionWriter) WriteHeader(code int) {
+	w.check()
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *sessionWriter) Write(b []byte) (int, error) {
+	w.check()
+	return w.ResponseWriter.Write(b)
+}
+
+// ReadFrom keeps io.Copy's fast paths of the underlying writer.
+func (w *sessionWriter) ReadFrom(src io.Reader) (int64, error) {
+	w.check()
+	return io.Copy(w.ResponseWriter, src)
+}
+
+// Unwrap returns the original ResponseWriter, for http.ResponseController.
+func (w *sessionWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Flush flushes the original ResponseWriter if it can.
+func (w *sessionWriter) Flush() {
+	w.check()
+	http.NewResponseController(w.ResponseWriter).Flush()
+}
+
+// Hijack hijacks the original ResponseWriter's connection if it can.
+func (w *sessionWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	w.check()
+	return http.NewResponseController(w.ResponseWriter).Hijack()
+}
+
+// channel returns the request's channel, binding one if the Middleware did
+// not run.
+func (m *Manager) channel(w http.ResponseWriter, r *http.Request) (*Channel, error) {
+	if ch, ok := FromContext(r.Context()); ok {
+		return ch, nil
+	}
+	ch, ok, err := m.sync(w, r)
+	if !ok {
+		return nil, err
+	}
+	return &ch, err
+}
+
+// session returns r's session, or nil if it cannot be had. A decode error
+// leaves a new, empty session: no user.
+func (m *Manager) session(r *http.Request) *sessions.Session {
+	s, err := m.sessions.Get(r, m.name)
+	if err != nil && s == nil {
+		m.log.Error("sessionpush: session store failed", "err", err)
+	}
+	return s
+}
+
+// bound returns the channel that r's session holds for its current user,
+// without changing anything: nil when nobody is signed in or no channel is
+// bound to this user.
+func (m *Manager) bound(r *http.Request) *Channel {
+	s := m.session(r)
+	if s == nil {
+		return nil
+	}
+	user := m.user(r, s)
+	id, owner := boundValues(s)
+	if user == "" || owner != user || !validChannelID(id) {
+		return nil
+	}
+	return &Channel{ID: id, User: user, m: m}
+}
+
+func boundValues(s *sessions.Session) (id, owner string) {
+	id, _ = s.Values[SessionKeyChannel].(string)
+	owner, _ = s.Values[SessionKeyOwner].(string)
+	return id, owner
+}
+
+// sync brings the binding of r's session in line with its user and returns
+// the channel bound to that user (ok=false when nobody is signed in). It
+// saves the session only when the binding changes: a new user gets a new
+// channel, and the channel of a user who left the session is closed.
+func (m *Manager) sync(w http.ResponseWriter, r *http.Request) (Channel, bool, error) {
+	s := m.session(r)
+	if s == nil {
+		return Channel{}, false, nil
+	}
+	user := m.user(r, s)
+	id, owner := boundValues(s)
+	if user != "" && owner == user && validChannelID(id) {
+		return Channel{ID: id, User: user, m: m}, true, nil
+	}
+	if id == "" && owner == "" && user == "" {
+		return Channel{}, false, nil
+	}
+	var errs []error
+	if validChannelID(id) {
+		if err := m.CloseChannel(r.Context(), id); err != nil && !errors.Is(err, ErrChannelNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	delete(s.Values, SessionKeyChannel)
+	delete(s.Values, SessionKeyOwner)
+	var ch Channel
+	if user != "" {
+		ch = Channel{ID: uuid.NewString(), User: user, m: m}
+		s.Values[SessionKeyChannel] = ch.ID
+		s.Values[SessionKeyOwner] = user
+	}
+	if err := m.save(w, r, s); err != nil {
+		return Channel{}, false, errors.Join(append(errs, err)...)
+	}
+	return ch, user != "", errors.Join(errs...)
+}
+
+// rebind replaces the channel bound to r's session by a new one, for when
+// the relay lost the old one.
+func (m *Manager) rebind(w http.ResponseWriter, r *http.Request, old *Channel) (*Channel, error) {
+	s := m.session(r)
+	if s == nil {
+		return nil, errors.New("sessionpush: session unavailable")
+	}
+	ch := &Channel{ID: uuid.NewString(), User: old.User, m: m}
+	s.Values[SessionKeyChannel] = ch.ID
+	s.Values[SessionKeyOwner] = ch.User
+	return ch, m.save(w, r, s)
+}
+
+// save saves s, replacing a session cookie that the response already sets,
+// so that the response carries one, up-to-date, cookie of that name.
+func (m *Manager) save(w http.ResponseWriter, r *http.Request, s *sessions.Session) error {
+	h := w.Header()
+	if lines := h["Set-Cookie"]; len(lines) > 0 {
+		kept := lines[:0:0]
+		for _, l := range lines {
+			if c, err := http.ParseSetCookie(l); err != nil || c.Name != s.Name() {
+				kept = append(kept, l)
+			}
+		}
+		h["Set-Cookie"] = kept
+	}
+	if err := s.Save(r, w); err != nil {
+		return fmt.Errorf("sessionpush: save session: %w", err)
+	}
+	return nil
+}
+
+// user tells the signed-in user of s.
+func (m *Manager) user(r *http.Request, s *sessions.Session) string {
+	if m.userFunc != nil {
+		return m.userFunc(r, s)
+	}
+	switch v := s.Values[m.userKey].(type) {
+	case string:
+		return v
+	case fmt.Stringer:
+		return v.String()
+	case int:
+		return strconv.Itoa(v)
+	case int64:
+		return strconv.FormatInt(v, 10)
+	case uint64:
+		return strconv.FormatUint(v, 10)
+	case float64: // JSON-encoded sessions decode numbers as float64
+		if v == float64(int64(v)) {
+			return strconv.FormatInt(int64(v), 10)
+		}
+	}
+	return ""
+}
+
+// validChannelID reports whether id is a canonical, lower-case UUID of
+// version 4 form, the only channel IDs the kit hands out.
+func validChannelID(id string) bool {
+	if len(id) != 36 {
+		return false
+	}
+	for i := 0; i < 36; i++ {
+		c := id[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		case 14:
+			if c != '4' {
+				return false
+			}
+		case 19:
+			if c != '8' && c != '9' && c != 'a' && c != 'b' {
+				return false
+			}
+		default:
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func or(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+func orInt(n, def int) int {
+	if n == 0 {
+		return def
+	}
+	return n
+}

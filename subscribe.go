@@ -1,0 +1,294 @@
+package sessionpush
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"path"
+	"strings"
+
+	"github.com/sessionpush/sessionpush/relay"
+)
+
+// Errors that the kit's handlers hand to Config.ErrorHandler, wrapped in a
+// [StatusError].
+var (
+	// ErrNotSignedIn means the request has no signed-in session.
+	ErrNotSignedIn = errors.New("sessionpush: not signed in")
+	// ErrNotOwner means the session does not own the channel asked for,
+	// or the channel is not open.
+	ErrNotOwner = errors.New("sessionpush: channel not open for this session")
+	// ErrNoSubscriberEndpoint means the relay serves its listeners itself
+	// (Nchan), so SubscriberHandler has nothing to serve.
+	ErrNoSubscriberEndpoint = errors.New("sessionpush: the relay serves listeners itself")
+)
+
+// StatusError is the error that the kit's handlers pass to
+// Config.ErrorHandler: the HTTP status to answer and its cause.
+type StatusError struct {
+	Status int
+	Err    error
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("sessionpush: %d %s: %v", e.Status, http.StatusText(e.Status), e.Err)
+}
+
+func (e *StatusError) Unwrap() error { return e.Err }
+
+// fail hands err to the ErrorHandler with status.
+func (m *Manager) fail(w http.ResponseWriter, r *http.Request, status int, err error) {
+	m.errorHandler(w, r, &StatusError{Status: status, Err: err})
+}
+
+func (m *Manager) defaultErrorHandler(w http.ResponseWriter, r *http.Request, err error) {
+	status := http.StatusInternalServerError
+	var se *StatusError
+	if errors.As(err, &se) {
+		status = se.Status
+	}
+	level := slog.LevelDebug
+	if status >= 500 {
+		level = slog.LevelError
+	}
+	m.log.Log(r.Context(), level, "sessionpush: request refused", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
+	w.Header().Set("Cache-Control", "no-store")
+	http.Error(w, http.StatusText(status), status)
+}
+
+// statusOf maps a relay or store failure to the status a browser gets.
+func statusOf(err error) int {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout
+	case errors.Is(err, relay.ErrClosed):
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusBadGateway
+}
+
+// Subscription is the JSON answer of SubscribeHandler.
+type Subscription struct {
+	// Channel is the session's channel ID.
+	Channel string `json:"channel"`
+	// Cursor is the ID of the newest message when the channel was opened
+	// (or looked up), "0:0" when it has none, or empty when the relay
+	// does not report one. A listener that resumes from it (EventSource
+	// ?last_event_id= or Last-Event-ID) misses nothing pushed after the
+	// answer was made.
+	Cursor string `json:"cursor"`
+	// URL is where to listen: Config.SubscriberURL for this channel.
+	URL string `json:"url"`
+}
+
+// SubscribeHandler returns the handler of /subscribe (GET or POST). It opens
+// the session's channel on the relay and answers a [Subscription] as JSON,
+// or the bare channel ID when the request accepts text/plain and not JSON.
+// A request without a signed-in session gets 401.
+//
+// It is idempotent: while the channel is open the same ID comes back with
+// a fresh cursor; when the relay reports the channel gone, a new channel is
+// bound, opened and returned. Concurrent calls of one session open one
+// channel. It works with or without the Middleware in front of it.
+func (m *Manager) SubscribeHandler() http.Handler {
+	return http.HandlerFunc(m.serveSubscribe)
+}
+
+func (m *Manager) serveSubscribe(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodPost {
+		w.Header().Set("Allow", "GET, POST")
+		m.fail(w, r, http.StatusMethodNotAllowed, fmt.Errorf("sessionpush: method %s on /subscribe", r.Method))
+		return
+	}
+	ch, err := m.channel(w, r)
+	if err != nil {
+		m.fail(w, r, http.StatusInternalServerError, err)
+		return
+	}
+	if ch == nil {
+		m.fail(w, r, http.StatusUnauthorized, ErrNotSignedIn)
+		return
+	}
+	sub, err := m.open(w, r, ch)
+	if err != nil {
+		m.fail(w, r, statusOf(err), err)
+		return
+	}
+	h := w.Header()
+	h.Set("Cache-Control", "no-store")
+	h.Add("Vary", "Cookie")
+	h.Add("Vary", "Accept")
+	if acceptsPlain(r.Header.Get("Accept")) {
+		h.Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprint(w, sub.Channel)
+		return
+	}
+	h.Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(sub)
+}
+
+// acceptsPlain reports whether an Accept header asks for text/plain rather
+// than JSON.
+func acceptsPlain(accept string) bool {
+	return strings.Contains(accept, "text/plain") && !strings.Contains(accept, "json")
+}
+
+// open makes sure ch is open on the relay and in the store, replacing it
+// when the relay lost it, and returns the subscription.
+func (m *Manager) open(w http.ResponseWriter, r *http.Request, ch *Channel) (Subscription, error) {
+	ctx := r.Context()
+	rec, ok, err := m.store.Get(ctx, ch.ID)
+	if err != nil {
+		return Subscription{}, fmt.Errorf("sessionpush: store get %s: %w", ch.ID, err)
+	}
+	switch {
+	case ok && rec.User != ch.User: // held by another user: not with keyed IDs, but never share
+		if ch, err = m.rebind(w, r, ch); err != nil {
+			return Subscription{}, err
+		}
+	case ok:
+		info, err := m.relay.Info(ctx, ch.ID)
+		if err == nil {
+			if err := m.store.Touch(ctx, ch.ID, m.now()); err != nil {
+				return Subscription{}, fmt.Errorf("sessionpush: store touch %s: %w", ch.ID, err)
+			}
+			return m.subscription(ch.ID, info.LastMessageID), nil
+		}
+		if !errors.Is(err, relay.ErrChannelNotFound) {
+			return Subscription{}, fmt.Errorf("sessionpush: relay info %s: %w", ch.ID, err)
+		}
+		m.log.Info("sessionpush: relay lost the channel; binding a new one", "channel", ch.ID, "user", ch.User)
+		if _, err := m.store.Remove(ctx, ch.ID); err != nil {
+			return Subscription{}, fmt.Errorf("sessionpush: store remove %s: %w", ch.ID, err)
+		}
+		if ch, err = m.rebind(w, r, ch); err != nil {
+			return Subscription{}, err
+		}
+	}
+	cursor, err := m.relay.Open(ctx, ch.ID)
+	if err != nil {
+		return Subscription{}, fmt.Errorf("sessionpush: relay open %s: %w", ch.ID, err)
+	}
+	now := m.now()
+	if err := m.store.Add(ctx, Record{ID: ch.ID, User: ch.User, Opened: now, LastSeen: now}); err != nil {
+		cerr := m.relay.Close(context.WithoutCancel(ctx), ch.ID)
+		return Subscription{}, errors.Join(fmt.Errorf("sessionpush: store add %s: %w", ch.ID, err), cerr)
+	}
+	m.log.Debug("sessionpush: channel open", "channel", ch.ID, "user", ch.User)
+	return m.subscription(ch.ID, cursor), nil
+}
+
+func (m *Manager) subscription(id, cursor string) Subscription {
+	return Subscription{Channel: id, Cursor: cursor, URL: strings.ReplaceAll(m.subscriberURL, "{channel}", id)}
+}
+
+// SubscriberHandler returns the embedded relay's listening endpoint, meant
+// for "GET /sub/{channel}": the channel ID comes from the path value
+// "channel", or else from the last element of the path. It answers 400 for
+// a malformed ID and 403 unless the request's session owns that open
+// channel; then the relay serves the listener: EventSource when the request
+// accepts text/event-stream, long-poll otherwise. Ownership is checked on
+// every request, so on every long-poll.
+//
+// With a relay that serves its listeners itself (Nchan) it answers 404.
+func (m *Manager) SubscriberHandler() http.Handler {
+	return http.HandlerFunc(m.serveSubscriber)
+}
+
+func (m *Manager) serveSubscriber(w http.ResponseWriter, r *http.Request) {
+	srv, ok := m.relay.(relay.SubscriberServer)
+	if !ok {
+		m.fail(w, r, http.StatusNotFound, ErrNoSubscriberEndpoint)
+		return
+	}
+	id := r.PathValue("channel")
+	if id == "" {
+		id = path.Base(r.URL.Path)
+	}
+	w.Header().Add("Vary", "Cookie")
+	if !validChannelID(id) {
+		m.fail(w, r, http.StatusBadRequest, fmt.Errorf("%w: not a channel id of this kit", ErrInvalidChannel))
+		return
+	}
+	if err := m.authorize(r, id); err != nil {
+		m.fail(w, r, http.StatusForbidden, err)
+		return
+	}
+	srv.ServeSubscriber(w, r, id)
+}
+
+// authorize reports whether r's session owns the open channel id.
+func (m *Manager) authorize(r *http.Request, id string) error {
+	ch, _ := FromContext(r.Context())
+	if ch == nil {
+		ch = m.bound(r)
+	}
+	if ch == nil {
+		return ErrNotSignedIn
+	}
+	if ch.ID != id {
+		return ErrNotOwner
+	}
+	rec, ok, err := m.store.Get(r.Context(), id)
+	if err != nil {
+		return fmt.Errorf("sessionpush: store get %s: %w", id, err)
+	}
+	if !ok || rec.User != ch.User {
+		return ErrNotOwner
+	}
+	return nil
+}
+
+// Close signs the session's channel out (logout): it closes the channel on
+// the relay, which ends its listeners, removes it from the store, unbinds it
+// from the session and saves the session. Make any other change to the
+// session (such as removing the user) before calling Close, so that one
+// save carries both. A session without a channel is not an error.
+func (m *Manager) Close(w http.ResponseWriter, r *http.Request) error {
+	s, err := m.sessions.Get(r, m.name)
+	if s == nil {
+		return fmt.Errorf("sessionpush: session: %w", err)
+	}
+	id, _ := boundValues(s)
+	var errs []error
+	if validChannelID(id) {
+		if err := m.CloseChannel(r.Context(), id); err != nil && !errors.Is(err, ErrChannelNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	delete(s.Values, SessionKeyChannel)
+	delete(s.Values, SessionKeyOwner)
+	if err := s.Save(r, w); err != nil {
+		errs = append(errs, fmt.Errorf("sessionpush: save session: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// CloseChannel closes the channel id: it removes it from the store and
+// deletes it on the relay, which ends its listeners. It returns an error
+// wrapping ErrChannelNotFound when neither knew the channel.
+func (m *Manager) CloseChannel(ctx context.Context, id string) error {
+	if !validChannelID(id) {
+		return fmt.Errorf("%w: %q", ErrInvalidChannel, clip(id))
+	}
+	removed, err := m.store.Remove(ctx, id)
+	if err != nil {
+		return fmt.Errorf("sessionpush: store remove %s: %w", id, err)
+	}
+	err = m.relay.Close(ctx, id)
+	if err == nil || removed && errors.Is(err, ErrChannelNotFound) {
+		m.log.Debug("sessionpush: channel closed", "channel", id)
+		return nil
+	}
+	return fmt.Errorf("sessionpush: close %s: %w", id, err)
+}
+
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
+}
