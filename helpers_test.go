@@ -289,7 +289,7 @@ func (a *app) waitListeners(channel string, n int) {
 	a.t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		info, err := a.relay.Info(context.Background(), channel)
+		info, err := a.mgr.Relay().Info(context.Background(), channel)
 		if err == nil && info.Subscribers == n {
 			return
 		}

@@ -214,12 +214,19 @@ func warnCookieOptions(log *slog.Logger, s sessions.Store) {
 // Shutdown ends every listener of the embedded relay that New built and
 // waits for them, or until ctx is done. It does nothing to a Config.Relay,
 // which belongs to the caller.
+//
+// Listeners are long requests, which http.Server.Shutdown waits for: call
+// Manager.Shutdown first, or register it with http.Server.RegisterOnShutdown.
 func (m *Manager) Shutdown(ctx context.Context) error {
 	if m.ownHub == nil {
 		return nil
 	}
 	return m.ownHub.Shutdown(ctx)
 }
+
+// Relay returns the relay in use: Config.Relay, or the embedded relay that
+// New built.
+func (m *Manager) Relay() relay.Relay { return m.relay }
 
 // Channel is a push channel bound to a signed-in session.
 type Channel struct {

@@ -1,0 +1,294 @@
+// Command example is a small application that shows sessionpush at work:
+// sign in with any name, and the page shows, live, what you push to yourself
+// and what anyone broadcasts, over EventSource or long-poll.
+//
+//	go run ./example                        # then open http://127.0.0.1:8080
+//	go run ./example -addr 127.0.0.1:9000 -debug
+//
+// It uses the embedded relay. Sessions live in cookies signed with a key made
+// at start, so they end when the program does.
+//
+// Routes:
+//
+//	POST /login          form user=<name>: sign in, 303 to /
+//	POST /logout         close the channel, clear the session, 303 to /
+//	GET|POST /subscribe  open the session's channel: {"channel","cursor","url"}
+//	GET /sub/{channel}   listen (EventSource or long-poll)
+//	POST /push           push the JSON body to your own channel
+//	POST /broadcast      push the JSON body to every open channel: {"sent":N}
+//	GET /                the page
+//	GET /client.js       the browser client
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"embed"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"html/template"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"regexp"
+	"syscall"
+	"time"
+
+	"github.com/gorilla/sessions"
+
+	"github.com/sessionpush/sessionpush"
+)
+
+//go:embed index.html client.js
+var files embed.FS
+
+var page = template.Must(template.ParseFS(files, "index.html"))
+
+// The session that holds the signed-in user, as the Manager reads it by
+// default.
+const (
+	sessionName = sessionpush.DefaultSessionName // "session"
+	userKey     = sessionpush.DefaultUserKey     // "user"
+)
+
+// maxBody caps the JSON bodies of /push and /broadcast: the Manager's
+// default message size.
+const maxBody = sessionpush.DefaultMaxMessageSize
+
+var validUser = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+func main() {
+	if err := run(context.Background(), os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "example:", err)
+		os.Exit(1)
+	}
+}
+
+// run serves the example until ctx is done or SIGINT or SIGTERM arrives,
+// then shuts down gracefully. It logs to stdout.
+func run(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("example", flag.ContinueOnError)
+	addr := fs.String("addr", "127.0.0.1:8080", "listen on this `address`")
+	secure := fs.Bool("secure", false, "mark the session cookie Secure (when served over https)")
+	debug := fs.Bool("debug", false, "log debug events too (channels opened and closed, refused requests)")
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	level := slog.LevelInfo
+	if *debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stdout, &slog.HandlerOptions{Level: level}))
+
+	store := newSessionStore(*secure)
+	log.Info("session cookies are signed with a key made at start: sessions do not survive a restart")
+	mgr, err := sessionpush.New(sessionpush.Config{Sessions: store, Logger: log})
+	if err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler:           newApp(mgr, store, log),
+		ReadHeaderTimeout: 10 * time.Second,
+		WriteTimeout:      30 * time.Second, // the relay extends it for its listeners
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	expiring := make(chan struct{})
+	go func() {
+		mgr.Run(ctx) // closes idle channels until ctx is done
+		close(expiring)
+	}()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	log.Info("listening", "url", "http://"+ln.Addr().String())
+
+	select {
+	case err = <-served:
+	case <-ctx.Done():
+		log.Info("shutting down")
+	}
+	stop()
+	<-expiring
+
+	// Stop accepting and wait for the requests in flight. Long-polls and
+	// streams would hold that up, so once the listening sockets are closed
+	// the relay ends its listeners (410, as Nchan does when it stops).
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	relayDone := make(chan error, 1)
+	srv.RegisterOnShutdown(func() { relayDone <- mgr.Shutdown(sctx) })
+	err = errors.Join(err, srv.Shutdown(sctx), <-relayDone)
+	log.Info("stopped", "err", err)
+	return err
+}
+
+// newSessionStore returns the cookie store of the example's sessions, signed
+// with a random key.
+func newSessionStore(secure bool) *sessions.CookieStore {
+	key := make([]byte, 32)
+	rand.Read(key)
+	store := sessions.NewCookieStore(key)
+	store.Options.HttpOnly = true                 // out of reach of scripts
+	store.Options.SameSite = http.SameSiteLaxMode // not sent on other sites' POSTs
+	store.Options.Secure = secure                 // plain http on 127.0.0.1 by default
+	return store
+}
+
+type app struct {
+	mgr      *sessionpush.Manager
+	sessions sessions.Store
+	log      *slog.Logger
+}
+
+// newApp returns the example's routes behind the Manager's middleware, which
+// gives every signed-in request its channel.
+func newApp(mgr *sessionpush.Manager, store sessions.Store, log *slog.Logger) http.Handler {
+	a := &app{mgr: mgr, sessions: store, log: log}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /login", a.login)
+	mux.HandleFunc("POST /logout", a.logout)
+	mux.Handle("GET /subscribe", mgr.SubscribeHandler())
+	mux.Handle("POST /subscribe", mgr.SubscribeHandler())
+	mux.Handle("GET /sub/{channel}", mgr.SubscriberHandler())
+	mux.HandleFunc("POST /push", a.push)
+	mux.HandleFunc("POST /broadcast", a.broadcast)
+	mux.HandleFunc("GET /{$}", a.home)
+	mux.HandleFunc("GET /client.js", func(w http.ResponseWriter, r *http.Request) {
+		http.ServeFileFS(w, r, files, "client.js")
+	})
+	return mgr.Middleware(mux)
+}
+
+// home renders the page: the sign-in form, or who you are and the live view.
+func (a *app) home(w http.ResponseWriter, r *http.Request) {
+	var data struct{ User string }
+	if ch := sessionpush.CurrentChannel(r); ch != nil { // only signed-in sessions have one
+		data.User = ch.User
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	h.Add("Vary", "Cookie")
+	if err := page.Execute(w, data); err != nil {
+		a.log.Error("rendering the page", "err", err)
+	}
+}
+
+// login signs the user in. The Middleware binds a channel to the session
+// in this very response; /subscribe opens it.
+func (a *app) login(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 1<<10)
+	user := r.PostFormValue("user")
+	if !validUser.MatchString(user) {
+		http.Error(w, "user: 1 to 64 letters, digits, '_' or '-'", http.StatusBadRequest)
+		return
+	}
+	s, _ := a.sessions.Get(r, sessionName) // a bad cookie gives a new session
+	s.Values[userKey] = user
+	if err := s.Save(r, w); err != nil {
+		a.log.Error("saving the session", "err", err)
+		http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
+		return
+	}
+	a.log.Info("signed in", "user", user)
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+// logout signs the user out: the user leaves the session first, so that the
+// one save that mgr.Close makes carries it, and the cookie is dropped.
+func (a *app) logout(w http.ResponseWriter, r *http.Request) {
+	if s, _ := a.sessions.Get(r, sessionName); s != nil {
+		delete(s.Values, userKey)
+		s.Options.MaxAge = -1
+	}
+	if err := a.mgr.Close(w, r); err != nil { // ends the channel's listeners
+		a.log.Error("signing out", "err", err)
+		http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
+		return
+	}
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+// push pushes the JSON body to the caller's own channel: 204 when done.
+func (a *app) push(w http.ResponseWriter, r *http.Request) {
+	ch := sessionpush.CurrentChannel(r)
+	if ch == nil {
+		writeJSON(w, http.StatusUnauthorized, errorJSON("sign in first"))
+		return
+	}
+	body, ok := readJSON(w, r)
+	if !ok {
+		return
+	}
+	err := ch.PushJSON(r.Context(), json.RawMessage(body))
+	switch {
+	case errors.Is(err, sessionpush.ErrChannelNotFound):
+		writeJSON(w, http.StatusConflict, errorJSON("channel not open: call /subscribe first"))
+	case err != nil:
+		a.log.Error("push", "user", ch.User, "err", err)
+		writeJSON(w, http.StatusBadGateway, errorJSON("push failed"))
+	default:
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+// broadcast pushes the JSON body to every open channel and answers how many
+// received it.
+func (a *app) broadcast(w http.ResponseWriter, r *http.Request) {
+	if sessionpush.CurrentChannel(r) == nil {
+		writeJSON(w, http.StatusUnauthorized, errorJSON("sign in first"))
+		return
+	}
+	body, ok := readJSON(w, r)
+	if !ok {
+		return
+	}
+	n, err := a.mgr.Broadcast(r.Context(), json.RawMessage(body))
+	if err != nil {
+		a.log.Error("broadcast", "sent", n, "err", err)
+		writeJSON(w, http.StatusBadGateway, map[string]any{"sent": n, "error": "some channels failed"})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"sent": n})
+}
+
+// readJSON reads a body that must be one JSON value of at most maxBody
+// bytes. Otherwise it answers 400 (413 when too large) and reports false.
+func readJSON(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		writeJSON(w, http.StatusRequestEntityTooLarge, errorJSON("body over 64 KiB"))
+	case err != nil:
+		writeJSON(w, http.StatusBadRequest, errorJSON("cannot read the body"))
+	case !json.Valid(body):
+		writeJSON(w, http.StatusBadRequest, errorJSON("body is not JSON"))
+	default:
+		return body, true
+	}
+	return nil, false
+}
+
+func errorJSON(msg string) map[string]string { return map[string]string{"error": msg} }
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,497 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sessionpush/sessionpush"
+	"github.com/sessionpush/sessionpush/hub"
+	"github.com/sessionpush/sessionpush/relay"
+)
+
+// testApp is the example served by httptest, on a relay the test can
+// inspect.
+type testApp struct {
+	*httptest.Server
+	hub *hub.Hub
+	mgr *sessionpush.Manager
+}
+
+func newTestApp(t *testing.T) *testApp {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	store := newSessionStore(false)
+	h := hub.New(hub.Options{Logger: log})
+	mgr, err := sessionpush.New(sessionpush.Config{Sessions: store, Relay: h, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(newApp(mgr, store, log))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { h.Shutdown(context.Background()) }) // first: ends waiting listeners
+	return &testApp{Server: srv, hub: h, mgr: mgr}
+}
+
+// browser is one user agent: a cookie jar, and redirects not followed.
+type browser struct {
+	t    *testing.T
+	base string
+	c    *http.Client
+}
+
+func (a *testApp) browser(t *testing.T) *browser { return newBrowser(t, a.URL) }
+
+func newBrowser(t *testing.T, base string) *browser {
+	jar, err := cookiejar.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &http.Client{
+		Jar:           jar,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	return &browser{t: t, base: base, c: c}
+}
+
+// do sends a request and returns the response with its body read.
+func (b *browser) do(method, path, contentType, body string, header ...string) (*http.Response, string) {
+	b.t.Helper()
+	req, err := http.NewRequest(method, b.base+path, strings.NewReader(body))
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := b.c.Do(req)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	return resp, string(data)
+}
+
+func (b *browser) login(user string) *http.Response {
+	b.t.Helper()
+	resp, _ := b.do("POST", "/login", "application/x-www-form-urlencoded", url.Values{"user": {user}}.Encode())
+	return resp
+}
+
+func (b *browser) mustLogin(user string) {
+	b.t.Helper()
+	if resp := b.login(user); resp.StatusCode != http.StatusSeeOther {
+		b.t.Fatalf("login %q: %s", user, resp.Status)
+	}
+}
+
+func (b *browser) subscribe() sessionpush.Subscription {
+	b.t.Helper()
+	resp, body := b.do("POST", "/subscribe", "", "")
+	if resp.StatusCode != http.StatusOK {
+		b.t.Fatalf("POST /subscribe: %s %s", resp.Status, body)
+	}
+	var sub sessionpush.Subscription
+	if err := json.Unmarshal([]byte(body), &sub); err != nil {
+		b.t.Fatalf("POST /subscribe: %v in %q", err, body)
+	}
+	return sub
+}
+
+func (b *browser) postJSON(path, body string) (*http.Response, string) {
+	b.t.Helper()
+	return b.do("POST", path, "application/json", body)
+}
+
+// poll is one long-poll on url with the given header pairs.
+func (b *browser) poll(url string, header ...string) (*http.Response, string) {
+	b.t.Helper()
+	return b.do("GET", url, "", "", header...)
+}
+
+func TestLogin(t *testing.T) {
+	a := newTestApp(t)
+	t.Run("good name", func(t *testing.T) {
+		for _, user := range []string{"alice", "Bob_2-x", strings.Repeat("z", 64)} {
+			resp := a.browser(t).login(user)
+			if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/" {
+				t.Fatalf("login %q: %s, Location %q; want 303 to /", user, resp.Status, resp.Header.Get("Location"))
+			}
+			var c *http.Cookie
+			for _, rc := range resp.Cookies() {
+				if rc.Name == sessionName {
+					c = rc
+				}
+			}
+			switch {
+			case c == nil:
+				t.Fatalf("login %q: no %q cookie in %q", user, sessionName, resp.Header["Set-Cookie"])
+			case !c.HttpOnly || c.SameSite != http.SameSiteLaxMode || c.Secure || c.Path != "/":
+				t.Errorf("cookie: HttpOnly %v, SameSite %v, Secure %v, Path %q; want HttpOnly, Lax, not Secure, /",
+					c.HttpOnly, c.SameSite, c.Secure, c.Path)
+			}
+		}
+	})
+	for name, user := range map[string]string{
+		"empty":         "",
+		"space":         "a b",
+		"slash":         "a/b",
+		"non-ASCII":     "zoë",
+		"markup":        "<b>",
+		"newline":       "bob\n",
+		"65 bytes":      strings.Repeat("z", 65),
+		"dot":           "a.b",
+		"leading space": " a",
+	} {
+		t.Run("bad name/"+name, func(t *testing.T) {
+			b := a.browser(t)
+			if resp := b.login(user); resp.StatusCode != http.StatusBadRequest {
+				t.Errorf("login %q: %s; want 400", user, resp.Status)
+			}
+			if resp, _ := b.do("POST", "/subscribe", "", ""); resp.StatusCode != http.StatusUnauthorized {
+				t.Errorf("/subscribe after a refused login: %s; want 401", resp.Status)
+			}
+		})
+	}
+	t.Run("-secure", func(t *testing.T) {
+		if o := newSessionStore(true).Options; !o.Secure || !o.HttpOnly || o.SameSite != http.SameSiteLaxMode {
+			t.Errorf("cookie options with -secure: %+v; want Secure, HttpOnly, Lax", o)
+		}
+	})
+	t.Run("GET", func(t *testing.T) {
+		if resp, _ := a.browser(t).do("GET", "/login", "", ""); resp.StatusCode != http.StatusMethodNotAllowed {
+			t.Errorf("GET /login: %s; want 405", resp.Status)
+		}
+	})
+}
+
+var uuidV4 = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+
+func TestSubscribe(t *testing.T) {
+	a := newTestApp(t)
+	alice, bob := a.browser(t), a.browser(t)
+	for _, method := range []string{"GET", "POST"} {
+		if resp, _ := alice.do(method, "/subscribe", "", ""); resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("%s /subscribe before login: %s; want 401", method, resp.Status)
+		}
+	}
+	alice.mustLogin("alice")
+	bob.mustLogin("bob")
+
+	sub := alice.subscribe()
+	if !uuidV4.MatchString(sub.Channel) || sub.URL != "/sub/"+sub.Channel || sub.Cursor != relay.NoCursor {
+		t.Fatalf("subscription %+v; want a UUID channel, url /sub/<channel>, cursor %q", sub, relay.NoCursor)
+	}
+	resp, body := alice.do("GET", "/subscribe", "", "")
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/json" ||
+		!strings.Contains(body, `"channel":"`+sub.Channel+`"`) {
+		t.Errorf("GET /subscribe again: %s %s %s; want the same channel as JSON", resp.Status, resp.Header.Get("Content-Type"), body)
+	}
+	if _, body := alice.do("GET", "/subscribe", "", "", "Accept", "text/plain"); body != sub.Channel {
+		t.Errorf("GET /subscribe, Accept: text/plain: %q; want %q", body, sub.Channel)
+	}
+
+	if other := bob.subscribe(); other.Channel == sub.Channel {
+		t.Fatalf("alice and bob share channel %s", sub.Channel)
+	}
+	for name, tc := range map[string]struct {
+		b    *browser
+		path string
+		want int
+	}{
+		"another session's channel": {bob, sub.URL, http.StatusForbidden},
+		"signed out":                {a.browser(t), sub.URL, http.StatusForbidden},
+		"unknown channel":           {alice, "/sub/7f1c1b6e-3b4a-4c5d-8e9f-0a1b2c3d4e5f", http.StatusForbidden},
+		"not a channel id":          {alice, "/sub/not-a-uuid", http.StatusBadRequest},
+	} {
+		if resp, _ := tc.b.poll(tc.path); resp.StatusCode != tc.want {
+			t.Errorf("%s: GET %s: %s; want %d", name, tc.path, resp.Status, tc.want)
+		}
+	}
+}
+
+func TestPush(t *testing.T) {
+	a := newTestApp(t)
+	b := a.browser(t)
+	if resp, _ := b.postJSON("/push", `{"text":"hi"}`); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("push before login: %s; want 401", resp.Status)
+	}
+	b.mustLogin("alice")
+	if resp, _ := b.postJSON("/push", `{"text":"hi"}`); resp.StatusCode != http.StatusConflict {
+		t.Errorf("push before /subscribe: %s; want 409", resp.Status)
+	}
+	sub := b.subscribe()
+
+	for name, tc := range map[string]struct {
+		body string
+		want int
+	}{
+		"empty":      {"", http.StatusBadRequest},
+		"not JSON":   {`{"text":`, http.StatusBadRequest},
+		"two values": {`{} {}`, http.StatusBadRequest},
+		"too large":  {`"` + strings.Repeat("x", maxBody) + `"`, http.StatusRequestEntityTooLarge},
+	} {
+		if resp, body := b.postJSON("/push", tc.body); resp.StatusCode != tc.want {
+			t.Errorf("%s: push: %s %s; want %d", name, resp.Status, body, tc.want)
+		}
+	}
+
+	first, second := `{"text":"hi","at":1}`, `["second",2]`
+	for _, m := range []string{first, second} {
+		if resp, body := b.postJSON("/push", m); resp.StatusCode != http.StatusNoContent {
+			t.Fatalf("push %s: %s %s; want 204", m, resp.Status, body)
+		}
+	}
+	// Long-poll from the cursor, then walk with Last-Modified and Etag.
+	resp, body := b.poll(sub.URL, "Last-Event-ID", sub.Cursor)
+	if resp.StatusCode != http.StatusOK || body != first || resp.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("long-poll from the cursor: %s %q %q; want 200 %s as application/json",
+			resp.Status, resp.Header.Get("Content-Type"), body, first)
+	}
+	lm, etag := resp.Header.Get("Last-Modified"), resp.Header.Get("Etag")
+	if lm == "" || etag == "" {
+		t.Fatalf("long-poll: Last-Modified %q, Etag %q; want both", lm, etag)
+	}
+	resp, body = b.poll(sub.URL, "If-Modified-Since", lm, "If-None-Match", etag)
+	if resp.StatusCode != http.StatusOK || body != second {
+		t.Fatalf("long-poll walk: %s %q; want 200 %s", resp.Status, body, second)
+	}
+}
+
+func TestEventSource(t *testing.T) {
+	a := newTestApp(t)
+	b := a.browser(t)
+	b.mustLogin("alice")
+	sub := b.subscribe()
+	b.postJSON("/push", `{"n":1}`)
+	b.postJSON("/push", `{"n":2}`)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", a.URL+sub.URL+"?last_event_id="+url.QueryEscape(sub.Cursor), nil)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := b.c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		t.Fatalf("EventSource: %s %q", resp.Status, resp.Header.Get("Content-Type"))
+	}
+	var ids, data []string
+	for sc := bufio.NewScanner(resp.Body); len(data) < 2 && sc.Scan(); {
+		if id, ok := strings.CutPrefix(sc.Text(), "id: "); ok {
+			ids = append(ids, id)
+		}
+		if d, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			data = append(data, d)
+		}
+	}
+	if len(ids) != 2 || ids[0] == ids[1] || strings.Join(data, " ") != `{"n":1} {"n":2}` {
+		t.Errorf("EventSource: ids %q, data %q; want two ids and both messages", ids, data)
+	}
+}
+
+func TestBroadcast(t *testing.T) {
+	a := newTestApp(t)
+	alice, bob, carol := a.browser(t), a.browser(t), a.browser(t)
+	if resp, _ := alice.postJSON("/broadcast", `{}`); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("broadcast before login: %s; want 401", resp.Status)
+	}
+	alice.mustLogin("alice")
+	bob.mustLogin("bob")
+	carol.mustLogin("carol") // signed in, but her channel is never opened
+	subs := map[*browser]sessionpush.Subscription{alice: alice.subscribe(), bob: bob.subscribe()}
+
+	if resp, _ := carol.postJSON("/broadcast", `nope`); resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("broadcast of non-JSON: %s; want 400", resp.Status)
+	}
+	news := `{"news":"hello, all"}`
+	resp, body := carol.postJSON("/broadcast", news)
+	if resp.StatusCode != http.StatusOK || strings.TrimSpace(body) != `{"sent":2}` {
+		t.Fatalf("broadcast: %s %s; want 200 {\"sent\":2}", resp.Status, body)
+	}
+	for b, sub := range subs {
+		if resp, body := b.poll(sub.URL, "Last-Event-ID", sub.Cursor); resp.StatusCode != http.StatusOK || body != news {
+			t.Errorf("long-poll after the broadcast: %s %q; want 200 %s", resp.Status, body, news)
+		}
+	}
+}
+
+func TestLogout(t *testing.T) {
+	a := newTestApp(t)
+	b := a.browser(t)
+	b.mustLogin("alice")
+	sub := b.subscribe()
+
+	polled := make(chan *http.Response, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", a.URL+sub.URL, nil)
+		req.Header.Set("Last-Event-ID", sub.Cursor)
+		resp, err := b.c.Do(req)
+		if err != nil {
+			t.Error(err)
+			resp = &http.Response{}
+		} else {
+			resp.Body.Close()
+		}
+		polled <- resp
+	}()
+	waitForListeners(t, a.hub, sub.Channel, 1)
+
+	resp, _ := b.do("POST", "/logout", "", "")
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/" {
+		t.Fatalf("logout: %s to %q; want 303 to /", resp.Status, resp.Header.Get("Location"))
+	}
+	if got := (<-polled).StatusCode; got != http.StatusGone {
+		t.Errorf("waiting long-poll after logout: %d; want 410", got)
+	}
+	if resp, _ := b.do("POST", "/subscribe", "", ""); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("/subscribe after logout: %s; want 401", resp.Status)
+	}
+	if ok, err := a.mgr.Exists(t.Context(), sub.Channel); ok || err != nil {
+		t.Errorf("channel after logout: exists %v, %v; want closed", ok, err)
+	}
+	u, _ := url.Parse(a.URL)
+	if cookies := b.c.Jar.Cookies(u); len(cookies) != 0 {
+		t.Errorf("cookies after logout: %v; want none", cookies)
+	}
+}
+
+// waitForListeners waits until the channel has n listeners on h.
+func waitForListeners(t *testing.T, h *hub.Hub, channel string, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		info, err := h.Info(t.Context(), channel)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Subscribers == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("channel %s: %d listeners; want %d", channel, info.Subscribers, n)
+		}
+	}
+}
+
+func TestPage(t *testing.T) {
+	a := newTestApp(t)
+	b := a.browser(t)
+	resp, body := b.do("GET", "/", "", "")
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
+		t.Fatalf("GET /: %s %q", resp.Status, resp.Header.Get("Content-Type"))
+	}
+	for _, want := range []string{`action="/login"`, `name="user"`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("signed-out page lacks %s", want)
+		}
+	}
+	if strings.Contains(body, "client.js") {
+		t.Errorf("signed-out page loads the client")
+	}
+
+	b.mustLogin("alice")
+	_, body = b.do("GET", "/", "", "")
+	for _, want := range []string{`<strong id="user">alice</strong>`, `action="/logout"`, `src="/client.js"`, `id="push"`, `id="broadcast"`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("signed-in page lacks %s", want)
+		}
+	}
+	if strings.Contains(body, `action="/login"`) {
+		t.Errorf("signed-in page still shows the sign-in form")
+	}
+	if resp, _ := b.do("GET", "/index.html", "", ""); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("GET /index.html: %s; want 404", resp.Status)
+	}
+}
+
+func TestClientJS(t *testing.T) {
+	a := newTestApp(t)
+	resp, body := a.browser(t).do("GET", "/client.js", "", "")
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/javascript") {
+		t.Fatalf("GET /client.js: %s %q; want 200 text/javascript", resp.Status, resp.Header.Get("Content-Type"))
+	}
+	if !strings.Contains(body, "SessionPush") {
+		t.Errorf("client.js does not define SessionPush")
+	}
+}
+
+// TestRun starts the program on a free port, listens by EventSource, and
+// checks that cancelling the context ends the stream and run.
+func TestRun(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	logs, logw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"-addr", "127.0.0.1:0"}, logw)
+		logw.Close()
+	}()
+	base := make(chan string, 1)
+	scanned := make(chan struct{})
+	go func() {
+		defer close(scanned)
+		for sc := bufio.NewScanner(logs); sc.Scan(); {
+			t.Log(sc.Text())
+			if _, u, ok := strings.Cut(sc.Text(), "msg=listening url="); ok {
+				base <- u
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-scanned
+	})
+
+	var b *browser
+	select {
+	case u := <-base:
+		b = newBrowser(t, u)
+	case err := <-done:
+		t.Fatalf("run returned early: %v", err)
+	}
+	b.mustLogin("alice")
+	sub := b.subscribe()
+	req, _ := http.NewRequest("GET", b.base+sub.URL, nil)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := b.c.Do(req) // the headers come once the listener is counted
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+
+	cancel()
+	rest, err := io.ReadAll(resp.Body)
+	if err != nil || !strings.HasSuffix(string(rest), ":410: 410 Gone\n\n") {
+		t.Errorf("stream at shutdown: %q, %v; want it to end with :410: 410 Gone", rest, err)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("run: %v", err)
+	}
+}
+
+func TestRunFlags(t *testing.T) {
+	if err := run(t.Context(), []string{"-nope"}, io.Discard); err == nil {
+		t.Error("run with an unknown flag: no error")
+	}
+	if err := run(t.Context(), []string{"-addr", "256.0.0.1:http"}, io.Discard); err == nil {
+		t.Error("run on a bad address: no error")
+	}
+}

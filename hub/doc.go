@@ -1,0 +1,69 @@
+// Package hub is the embedded push relay: channels, their message buffers and
+// their listeners, kept in the application's own process and served by its
+// own net/http server. A [Hub] implements [relay.Relay] (the publisher side:
+// open, publish, inspect, close) and [relay.SubscriberServer] (the listener
+// side), and answers listeners on the wire as Nchan 1.3.6 does, so that the
+// same browser client works with either relay.
+//
+// # Channels and messages
+//
+// A channel exists from [Hub.Open] to [Hub.Close]; only open channels take
+// messages ([relay.ErrChannelNotFound] otherwise) and listeners (403
+// otherwise). Each message gets an ID "<unix-seconds>:<tag>", the tag counting
+// from 0 within a second; IDs grow strictly within a channel, even if the
+// clock steps back. A channel keeps its newest messages for listeners that
+// connect or poll later, up to Options.BufferLength messages, each for
+// Options.MessageTTL; expired messages are never delivered and are dropped
+// lazily, so a Hub needs no background goroutine.
+//
+// # Transports
+//
+// [Hub.ServeSubscriber] serves one listener. A request whose Accept names
+// text/event-stream gets an EventSource stream; any other gets a long-poll.
+// Only GET is allowed (405 with "Allow: GET" otherwise).
+//
+// A listener resumes after a position, taken from the first of: the
+// Last-Event-ID header, the last_event_id query parameter, and (long-poll
+// only) the If-Modified-Since and If-None-Match pair, which carry a
+// message's Last-Modified (its second) and Etag (its tag). Without one it
+// starts at the oldest buffered message; a position older than the buffer
+// also starts there, and a position in the future waits. Every buffered
+// message after the position is delivered once, in order. An unparseable
+// position is answered 400; If-None-Match alone counts as no position,
+// If-Modified-Since alone is an error, as on Nchan. The cursor that
+// [Hub.Open] returns is such a position.
+//
+// Long-poll answers 200 with one message: its body, its Content-Type (if it
+// has one), Last-Modified and Etag. If there is none yet it waits, and
+// answers 408 after Options.LongPollTimeout, or 410 if the channel is closed.
+//
+// EventSource answers 200 with "text/event-stream; charset=utf-8", a ": hi"
+// comment at once, then for each message an "event:" line (when the message
+// has a name), an "id:" line and one "data:" line per body line, then a
+// blank line. A comment line keeps a silent stream alive every
+// Options.Heartbeat. When the channel is closed the stream ends with
+// ":410: 410 Gone".
+//
+// Every answer carries "Cache-Control: no-store" and "X-Accel-Buffering: no";
+// long-poll answers also "Vary: If-None-Match, If-Modified-Since".
+//
+// # Defaults
+//
+// The zero [Options] gives Nchan's and nginx's defaults: 10 messages per
+// channel kept for one hour, 10 listeners per channel, 1 MiB per message,
+// long-polls held 30 seconds, a heartbeat every 15 seconds, and 10 seconds
+// for each write to a listener.
+//
+// # Concurrency
+//
+// A Hub is safe for concurrent use. Publish holds a channel's lock only to
+// append and to wake its listeners; each listener then writes on its own
+// request goroutine, so a slow or stalled listener delays no one else and is
+// disconnected when a write takes longer than Options.WriteTimeout. Each
+// write also extends the connection's write deadline, so an http.Server
+// WriteTimeout shorter than a stream does not cut it.
+//
+// [Hub.Shutdown] ends every listener as Close does, refuses new ones (503)
+// and every later call ([relay.ErrClosed]), and returns when every
+// ServeSubscriber call has returned.
+package hub

@@ -1,0 +1,678 @@
+package hub
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sessionpush/sessionpush/relay"
+)
+
+var (
+	_ relay.Relay            = (*Hub)(nil)
+	_ relay.SubscriberServer = (*Hub)(nil)
+)
+
+// Options configures a [Hub]. The zero value gives Nchan's defaults.
+type Options struct {
+	// BufferLength is the number of messages kept per channel for listeners
+	// that connect or poll later. Zero means 10 (Nchan's default); a
+	// negative value keeps none, so a message reaches only the listeners
+	// waiting when it is published.
+	BufferLength int
+
+	// MessageTTL is how long a message stays buffered; an expired message
+	// is never delivered. Zero means one hour; negative means forever.
+	MessageTTL time.Duration
+
+	// MaxListeners caps the concurrent listeners of one channel; one more
+	// is answered 403. Zero means 10; negative means no cap.
+	MaxListeners int
+
+	// MaxMessageSize is the largest body, in bytes, that Publish accepts.
+	// Zero means 1 MiB (nginx's default client_max_body_size); negative
+	// means no limit.
+	MaxMessageSize int
+
+	// LongPollTimeout is how long a long-poll waits for a message before
+	// it is answered 408. Zero means 30 seconds; negative means no limit.
+	LongPollTimeout time.Duration
+
+	// Heartbeat is the silence after which an EventSource stream gets a
+	// comment line, so that proxies and browsers keep it open. Zero means
+	// 15 seconds; negative means none.
+	Heartbeat time.Duration
+
+	// WriteTimeout bounds each write to a listener; a listener that does
+	// not take a write within it is disconnected. Each write also extends
+	// the connection's write deadline, so an http.Server WriteTimeout does
+	// not cut streams or long waits. Zero means 10 seconds; negative means
+	// no bound.
+	WriteTimeout time.Duration
+
+	// Logger records dropped listeners: at debug level when a write fails,
+	// at error level when the ResponseWriter cannot flush. Nil means
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// Hub is the embedded relay: it keeps channels and their message buffers in
+// memory and serves their listeners over long-poll and EventSource. It
+// implements [relay.Relay] and [relay.SubscriberServer].
+//
+// Create one with [New]; a Hub is safe for concurrent use and must not be
+// copied. Stop it with [Hub.Shutdown].
+type Hub struct {
+	opts Options // defaults applied
+	log  *slog.Logger
+
+	mu       sync.RWMutex
+	channels map[string]*chanState
+	closed   bool
+
+	serving sync.WaitGroup // ServeSubscriber calls in flight
+}
+
+// New returns a Hub configured by opts, with defaults for its zero fields.
+// It starts no goroutine.
+func New(opts Options) *Hub {
+	def := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	if opts.BufferLength == 0 {
+		opts.BufferLength = 10
+	}
+	if opts.MaxListeners == 0 {
+		opts.MaxListeners = 10
+	}
+	if opts.MaxMessageSize == 0 {
+		opts.MaxMessageSize = 1 << 20
+	}
+	def(&opts.MessageTTL, time.Hour)
+	def(&opts.LongPollTimeout, 30*time.Second)
+	def(&opts.Heartbeat, 15*time.Second)
+	def(&opts.WriteTimeout, 10*time.Second)
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Hub{opts: opts, log: log, channels: make(map[string]*chanState)}
+}
+
+// Open creates channel, or keeps it if it is open, and returns a cursor: the
+// ID of the newest message published to it, or [relay.NoCursor] if none was.
+// A listener that resumes from the cursor receives every message published
+// after Open returned.
+func (h *Hub) Open(ctx context.Context, channel string) (string, error) {
+	if err := check(ctx, "open", channel); err != nil {
+		return "", err
+	}
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return "", opError("open", channel, relay.ErrClosed)
+	}
+	c := h.channels[channel]
+	if c == nil {
+		c = &chanState{wake: newWake()}
+		h.channels[channel] = c
+	}
+	h.mu.Unlock()
+
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.cursor(), nil
+}
+
+// Publish appends m to the channel's buffer and wakes its listeners. It
+// returns an error wrapping [relay.ErrChannelNotFound] if the channel is not
+// open, [relay.ErrMessageTooLarge] if the body exceeds
+// Options.MaxMessageSize, [relay.ErrClosed] after Shutdown, and an error if
+// m.Event contains CR or LF; nothing is published then.
+//
+// Publish never waits for listeners: it holds the channel's lock only to
+// append.
+func (h *Hub) Publish(ctx context.Context, channel string, m relay.Message) (relay.Receipt, error) {
+	if err := check(ctx, "publish", channel); err != nil {
+		return relay.Receipt{}, err
+	}
+	if strings.ContainsAny(m.Event, "\r\n") {
+		return relay.Receipt{}, opError("publish", channel, errors.New("event name contains CR or LF"))
+	}
+	if limit := h.opts.MaxMessageSize; limit >= 0 && len(m.Body) > limit {
+		return relay.Receipt{}, opError("publish", channel,
+			fmt.Errorf("%w: %d bytes, limit %d", relay.ErrMessageTooLarge, len(m.Body), limit))
+	}
+	c, err := h.lookup("publish", channel)
+	if err != nil {
+		return relay.Receipt{}, err
+	}
+	msg := newMessage(m) // the costly part, outside any lock
+	now := time.Now()
+	if h.opts.MessageTTL > 0 {
+		msg.expires = now.Add(h.opts.MessageTTL)
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return relay.Receipt{}, opError("publish", channel, relay.ErrChannelNotFound)
+	}
+	c.stamp(msg, now)
+	if h.opts.BufferLength > 0 {
+		c.msgs = append(c.msgs, msg)
+	}
+	c.prune(now, h.opts.BufferLength)
+	w := c.wake
+	c.wake = newWake()
+	w.msg = msg
+	close(w.c)
+	return relay.Receipt{ID: msg.id, Subscribers: c.listeners, Queued: len(c.msgs)}, nil
+}
+
+// Info reports on an open channel: its unexpired buffered messages, its
+// listeners, the ID of its newest message ([relay.NoCursor] if none) and the
+// time since a listener last connected (negative if none did). It returns an
+// error wrapping [relay.ErrChannelNotFound] if the channel is not open.
+func (h *Hub) Info(ctx context.Context, channel string) (relay.Info, error) {
+	if err := check(ctx, "info", channel); err != nil {
+		return relay.Info{}, err
+	}
+	c, err := h.lookup("info", channel)
+	if err != nil {
+		return relay.Info{}, err
+	}
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.prune(now, h.opts.BufferLength)
+	since := time.Duration(-1)
+	if !c.requested.IsZero() {
+		since = now.Sub(c.requested)
+	}
+	return relay.Info{
+		Messages:      len(c.msgs),
+		Subscribers:   c.listeners,
+		LastMessageID: c.cursor(),
+		SinceRequest:  since,
+	}, nil
+}
+
+// Close deletes channel and its buffer and ends its listeners: a waiting
+// long-poll is answered 410, an EventSource stream gets ":410: 410 Gone" and
+// ends. It returns an error wrapping [relay.ErrChannelNotFound] if the
+// channel is not open.
+func (h *Hub) Close(ctx context.Context, channel string) error {
+	if err := check(ctx, "close", channel); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	c, closed := h.channels[channel], h.closed
+	delete(h.channels, channel)
+	h.mu.Unlock()
+	switch {
+	case closed:
+		return opError("close", channel, relay.ErrClosed)
+	case c == nil:
+		return opError("close", channel, relay.ErrChannelNotFound)
+	}
+	c.close()
+	return nil
+}
+
+// Shutdown closes every channel as [Hub.Close] does and refuses new
+// listeners (503) and every later call ([relay.ErrClosed]). It returns nil
+// once every ServeSubscriber call has returned, or ctx.Err() if ctx ends
+// first; listeners still writing then end within Options.WriteTimeout.
+func (h *Hub) Shutdown(ctx context.Context) error {
+	h.mu.Lock()
+	channels := h.channels
+	h.channels, h.closed = nil, true
+	h.mu.Unlock()
+	for _, c := range channels {
+		c.close()
+	}
+	done := make(chan struct{})
+	go func() {
+		h.serving.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// ServeSubscriber serves one listener of channel: EventSource when the
+// request's Accept names text/event-stream, long-poll otherwise. The caller
+// has already decided that the request may listen to channel.
+//
+// It answers 400 to an invalid channel ID or resume position, 403 if the
+// channel is not open or has Options.MaxListeners listeners, 405 to methods
+// other than GET and 503 after Shutdown.
+func (h *Hub) ServeSubscriber(w http.ResponseWriter, r *http.Request, channel string) {
+	hdr := w.Header()
+	hdr.Set("Cache-Control", "no-store")
+	hdr.Set("X-Accel-Buffering", "no")
+	eventStream := acceptsEventStream(r)
+	if !eventStream {
+		hdr.Add("Vary", "If-None-Match, If-Modified-Since")
+	}
+	if !h.enter() {
+		reply(w, http.StatusServiceUnavailable, "")
+		return
+	}
+	defer h.serving.Done()
+
+	if r.Method != http.MethodGet {
+		hdr.Set("Allow", http.MethodGet)
+		reply(w, http.StatusMethodNotAllowed, "")
+		return
+	}
+	if relay.ValidateID(channel) != nil {
+		reply(w, http.StatusBadRequest, "invalid channel id")
+		return
+	}
+	pos, reason := position(r, !eventStream)
+	if reason != "" {
+		reply(w, http.StatusBadRequest, reason)
+		return
+	}
+	c := h.join(channel)
+	if c == nil {
+		reply(w, http.StatusForbidden, "")
+		return
+	}
+	defer c.leave()
+
+	l := &listener{hub: h, ch: c, w: w, rc: http.NewResponseController(w), pos: pos}
+	var err error
+	if eventStream {
+		err = l.eventSource(r.Context())
+	} else {
+		err = l.longPoll(r.Context())
+	}
+	if err != nil {
+		level := slog.LevelDebug
+		if errors.Is(err, http.ErrNotSupported) {
+			level = slog.LevelError // a ResponseWriter wrapper that cannot flush
+		}
+		h.log.Log(r.Context(), level, "hub: listener dropped", "channel", channel, "err", err)
+	}
+}
+
+// enter counts a ServeSubscriber call for Shutdown, or reports false after
+// Shutdown. The count rises under the lock that Shutdown takes to close, so
+// no Add races with its Wait.
+func (h *Hub) enter() bool {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if h.closed {
+		return false
+	}
+	h.serving.Add(1)
+	return true
+}
+
+// join registers a listener on the named channel, or returns nil if the
+// channel is not open or is full.
+func (h *Hub) join(name string) *chanState {
+	h.mu.RLock()
+	c := h.channels[name]
+	h.mu.RUnlock()
+	if c == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || h.opts.MaxListeners >= 0 && c.listeners >= h.opts.MaxListeners {
+		return nil
+	}
+	c.listeners++
+	c.requested = time.Now()
+	return c
+}
+
+func (h *Hub) lookup(op, name string) (*chanState, error) {
+	h.mu.RLock()
+	c, closed := h.channels[name], h.closed
+	h.mu.RUnlock()
+	switch {
+	case closed:
+		return nil, opError(op, name, relay.ErrClosed)
+	case c == nil:
+		return nil, opError(op, name, relay.ErrChannelNotFound)
+	}
+	return c, nil
+}
+
+// chanState is one open channel: its buffer, oldest first, and the wake that
+// fires at its next message or its end.
+type chanState struct {
+	mu        sync.RWMutex
+	msgs      []*message
+	last      relay.MessageID // newest ID issued; zero before the first
+	wake      *wake
+	closed    bool
+	listeners int
+	requested time.Time // when a listener last connected; zero: never
+	modSec    int64     // the second of modStr, reused within a second
+	modStr    string
+}
+
+// wake is closed when the next message is published (msg is then set) or
+// when the channel ends (msg stays nil).
+type wake struct {
+	c   chan struct{}
+	msg *message
+}
+
+func newWake() *wake { return &wake{c: make(chan struct{})} }
+
+// cursor returns the ID of the newest message ever published, or
+// relay.NoCursor. The caller holds c.mu.
+func (c *chanState) cursor() string {
+	if c.last == (relay.MessageID{}) {
+		return relay.NoCursor
+	}
+	return c.last.String()
+}
+
+// stamp gives m the channel's next ID, strictly greater than the last even if
+// the clock stepped back, and everything derived from it. The caller holds
+// c.mu for writing.
+func (c *chanState) stamp(m *message, now time.Time) {
+	id := relay.MessageID{Time: max(now.Unix(), c.last.Time)}
+	if id.Time == c.last.Time {
+		id.Tag = c.last.Tag + 1
+	}
+	c.last = id
+
+	var line [maxIDLine]byte
+	b := append(line[:0], "id: "...)
+	b = strconv.AppendInt(b, id.Time, 10)
+	b = append(strconv.AppendInt(append(b, ':'), id.Tag, 10), '\n')
+	start := m.dataAt - len(b) - len(m.eventLine)
+	copy(m.frame[start:], m.eventLine)
+	copy(m.frame[start+len(m.eventLine):], b)
+	m.frame = m.frame[start:]
+	m.id = string(b[4 : len(b)-1])
+	m.etag = m.id[strings.IndexByte(m.id, ':')+1:]
+	m.pos = id
+
+	if c.modStr == "" || c.modSec != id.Time {
+		c.modSec, c.modStr = id.Time, time.Unix(id.Time, 0).UTC().Format(http.TimeFormat)
+	}
+	m.modified = c.modStr
+}
+
+// prune drops the messages beyond the buffer length and the expired ones.
+// The caller holds c.mu for writing.
+func (c *chanState) prune(now time.Time, keep int) {
+	drop := max(len(c.msgs)-max(keep, 0), 0)
+	for drop < len(c.msgs) && !c.msgs[drop].live(now) {
+		drop++
+	}
+	if drop > 0 {
+		n := copy(c.msgs, c.msgs[drop:])
+		clear(c.msgs[n:])
+		c.msgs = c.msgs[:n]
+	}
+}
+
+// next returns the oldest unexpired message after pos or, if there is none,
+// the wake to wait on. closed reports that the channel has ended.
+func (c *chanState) next(pos relay.MessageID) (m *message, w *wake, closed bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return nil, nil, true
+	}
+	i, found := slices.BinarySearchFunc(c.msgs, pos, func(m *message, id relay.MessageID) int {
+		return m.pos.Compare(id)
+	})
+	if found {
+		i++
+	}
+	for now := time.Now(); i < len(c.msgs); i++ {
+		if c.msgs[i].live(now) {
+			return c.msgs[i], nil, false
+		}
+	}
+	return nil, c.wake, false
+}
+
+// sent returns the message that fired w if it follows pos and is live: the
+// very next message after the one a listener waited from, even if the buffer
+// has already dropped it.
+func (w *wake) sent(pos relay.MessageID) *message {
+	if m := w.msg; m != nil && m.pos.Compare(pos) > 0 && m.live(time.Now()) {
+		return m
+	}
+	return nil
+}
+
+func (c *chanState) leave() {
+	c.mu.Lock()
+	c.listeners--
+	c.mu.Unlock()
+}
+
+// close ends the channel and wakes its listeners.
+func (c *chanState) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	c.msgs = nil
+	close(c.wake.c)
+}
+
+// message is one published message with everything its listeners need,
+// computed once at publish.
+type message struct {
+	pos         relay.MessageID
+	id          string // pos as "<unix-seconds>:<tag>"
+	etag        string // the tag, a suffix of id
+	modified    string // Last-Modified: the message second
+	contentType string
+	length      string // Content-Length
+	body        []byte
+	frame       []byte    // the EventSource event: event, id and data lines, blank line
+	expires     time.Time // zero: never
+	eventLine   string    // "event: <name>\n", or empty
+	dataAt      int       // where the data lines start in frame before stamp
+}
+
+// maxIDLine is the longest "id:" line of an EventSource event.
+const maxIDLine = len("id: 9223372036854775807:9223372036854775807\n")
+
+// newMessage copies m's body and prepares its EventSource data lines. One
+// allocation holds the body, then room for the event and id lines that stamp
+// writes, then the data lines.
+func newMessage(m relay.Message) *message {
+	msg := &message{contentType: m.ContentType, length: strconv.Itoa(len(m.Body))}
+	if m.Event != "" {
+		msg.eventLine = "event: " + m.Event + "\n"
+	}
+	breaks := bytes.Count(m.Body, []byte{'\n'}) + bytes.Count(m.Body, []byte{'\r'})
+	msg.dataAt = len(msg.eventLine) + maxIDLine
+	b := len(m.Body)
+	buf := make([]byte, b+msg.dataAt, 2*b+msg.dataAt+(breaks+1)*len("data: \n")+1)
+	msg.body = buf[:copy(buf, m.Body):b]
+	msg.frame = appendData(buf, m.Body)[b:]
+	return msg
+}
+
+// appendData appends body as EventSource data lines and the blank line that
+// ends the event. Lines end at LF, CRLF or CR, as EventSource parsers split
+// them, so no body can end an event early or forge a field.
+func appendData(dst, body []byte) []byte {
+	next := func(b []byte) int { return bytes.IndexByte(b, '\n') } // the common case, fast
+	if bytes.IndexByte(body, '\r') >= 0 {
+		next = func(b []byte) int { return bytes.IndexAny(b, "\r\n") }
+	}
+	for {
+		i := next(body)
+		if i < 0 {
+			break
+		}
+		dst = append(append(append(dst, "data: "...), body[:i]...), '\n')
+		if body[i] == '\r' && i+1 < len(body) && body[i+1] == '\n' {
+			i++
+		}
+		body = body[i+1:]
+	}
+	dst = append(append(append(dst, "data: "...), body...), '\n')
+	return append(dst, '\n')
+}
+
+func (m *message) live(now time.Time) bool {
+	return m.expires.IsZero() || now.Before(m.expires)
+}
+
+// listener is one ServeSubscriber call in progress.
+type listener struct {
+	hub *Hub
+	ch  *chanState
+	w   http.ResponseWriter
+	rc  *http.ResponseController
+	pos relay.MessageID // the newest message delivered, or the resume position
+}
+
+// await returns the next message after l.pos, waiting until one is
+// published, expire fires or ctx ends (nil, nil), or the channel ends (nil,
+// errGone).
+func (l *listener) await(ctx context.Context, expire <-chan time.Time) (*message, error) {
+	for {
+		m, w, closed := l.ch.next(l.pos)
+		switch {
+		case closed:
+			return nil, errGone
+		case m != nil:
+			return m, nil
+		}
+		select {
+		case <-w.c:
+			if m := w.sent(l.pos); m != nil {
+				return m, nil
+			}
+		case <-expire:
+			return nil, nil
+		case <-ctx.Done():
+			return nil, nil
+		}
+	}
+}
+
+var errGone = errors.New("channel closed")
+
+// deadline bounds the next write to the listener by Options.WriteTimeout, or
+// clears the connection's deadline when there is no bound. A ResponseWriter
+// without deadlines is written to unbounded.
+func (l *listener) deadline() {
+	var t time.Time
+	if d := l.hub.opts.WriteTimeout; d > 0 {
+		t = time.Now().Add(d)
+	}
+	_ = l.rc.SetWriteDeadline(t)
+}
+
+// timer returns a timer firing after d, or a nil channel and a no-op stop
+// when d is not positive.
+func timer(d time.Duration) (*time.Timer, <-chan time.Time) {
+	if d <= 0 {
+		return nil, nil
+	}
+	t := time.NewTimer(d)
+	return t, t.C
+}
+
+// reply answers with code and a short plain-text reason, or an empty body.
+func reply(w http.ResponseWriter, code int, reason string) {
+	if reason == "" {
+		w.Header().Set("Content-Length", "0")
+		w.WriteHeader(code)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(code)
+	io.WriteString(w, reason+"\n")
+}
+
+func acceptsEventStream(r *http.Request) bool {
+	for _, v := range r.Header.Values("Accept") {
+		if strings.Contains(v, "text/event-stream") {
+			return true
+		}
+	}
+	return false
+}
+
+// position returns where a listener resumes: after the ID in the
+// Last-Event-ID header, else in the last_event_id query parameter, else (for
+// long-poll) after the message named by If-Modified-Since and If-None-Match,
+// else before everything (the zero ID). An empty value counts as absent, as
+// does If-None-Match alone. reason is non-empty when the request names a
+// position that does not parse.
+func position(r *http.Request, longPoll bool) (pos relay.MessageID, reason string) {
+	if s := r.Header.Get("Last-Event-ID"); s != "" {
+		id, err := relay.ParseMessageID(s)
+		if err != nil {
+			return pos, "invalid Last-Event-ID"
+		}
+		return id, ""
+	}
+	if s := r.URL.Query().Get("last_event_id"); s != "" {
+		id, err := relay.ParseMessageID(s)
+		if err != nil {
+			return pos, "invalid last_event_id"
+		}
+		return id, ""
+	}
+	ims, inm := r.Header.Get("If-Modified-Since"), r.Header.Get("If-None-Match")
+	if !longPoll || ims == "" {
+		return pos, ""
+	}
+	if inm == "" {
+		return pos, "If-Modified-Since without If-None-Match"
+	}
+	t, err := http.ParseTime(ims)
+	if err != nil || t.Unix() < 0 {
+		return pos, "invalid If-Modified-Since"
+	}
+	tag, err := strconv.ParseUint(inm, 10, 63)
+	if err != nil {
+		return pos, "invalid If-None-Match"
+	}
+	return relay.MessageID{Time: t.Unix(), Tag: int64(tag)}, ""
+}
+
+func check(ctx context.Context, op, channel string) error {
+	if err := relay.ValidateID(channel); err != nil {
+		return opError(op, channel, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return opError(op, channel, err)
+	}
+	return nil
+}
+
+func opError(op, channel string, err error) error {
+	if len(channel) > 64 {
+		channel = channel[:64] + "…"
+	}
+	return fmt.Errorf("hub: %s %q: %w", op, channel, err)
+}
