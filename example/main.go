@@ -22,7 +22,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"embed"
 	"encoding/json"
 	"errors"
@@ -39,6 +38,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gorilla/securecookie"
 	"github.com/gorilla/sessions"
 
 	"github.com/sessionpush/sessionpush"
@@ -139,9 +139,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 // newSessionStore returns the cookie store of the example's sessions, signed
 // with a random key.
 func newSessionStore(secure bool) *sessions.CookieStore {
-	key := make([]byte, 32)
-	rand.Read(key)
-	store := sessions.NewCookieStore(key)
+	store := sessions.NewCookieStore(securecookie.GenerateRandomKey(32))
 	store.Options.HttpOnly = true                 // out of reach of scripts
 	store.Options.SameSite = http.SameSiteLaxMode // not sent on other sites' POSTs
 	store.Options.Secure = secure                 // plain http on 127.0.0.1 by default

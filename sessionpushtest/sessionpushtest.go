@@ -10,7 +10,6 @@ package sessionpushtest
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -18,6 +17,7 @@ import (
 	"strconv"
 	"sync"
 
+	"github.com/gorilla/securecookie"
 	"github.com/gorilla/sessions"
 
 	"github.com/sessionpush/sessionpush"
@@ -155,11 +155,9 @@ type Kit struct {
 // NewKit returns a Kit. In cfg, Sessions and Relay are replaced by the
 // kit's own; every other field is used as given.
 func NewKit(cfg sessionpush.Config) (*Kit, error) {
-	key := make([]byte, 32)
-	rand.Read(key)
 	k := &Kit{
 		Relay:    NewRelay(),
-		Sessions: sessions.NewCookieStore(key),
+		Sessions: sessions.NewCookieStore(securecookie.GenerateRandomKey(32)),
 		name:     cfg.SessionName,
 		userKey:  cfg.UserKey,
 	}
