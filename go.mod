@@ -4,7 +4,6 @@ go 1.26
 
 require (
 	github.com/google/uuid v1.6.0
+	github.com/gorilla/securecookie v1.1.2
 	github.com/gorilla/sessions v1.4.0
 )
-
-require github.com/gorilla/securecookie v1.1.2

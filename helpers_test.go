@@ -81,6 +81,7 @@ func newApp(t *testing.T, mod func(*sessionpush.Config)) *app {
 	})
 	mux.Handle("/subscribe", mgr.SubscribeHandler())
 	mux.Handle("GET /sub/{channel}", mgr.SubscriberHandler())
+	mux.Handle("GET /authorize", mgr.AuthorizeHandler())
 	mux.HandleFunc("POST /push", func(w http.ResponseWriter, r *http.Request) {
 		ch := sessionpush.CurrentChannel(r)
 		if ch == nil {

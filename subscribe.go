@@ -220,6 +220,41 @@ func (m *Manager) serveSubscriber(w http.ResponseWriter, r *http.Request) {
 	srv.ServeSubscriber(w, r, id)
 }
 
+// AuthorizeHeader is the request header from which AuthorizeHandler takes
+// the channel ID; the nginx config sets it from $nchan_channel_id.
+const AuthorizeHeader = "X-Channel-Id"
+
+// AuthorizeHandler returns the endpoint for Nchan's nchan_authorize_request:
+// nginx asks it, with the listener's own headers (so its session cookie) and
+// the channel ID in the [AuthorizeHeader] header, whether the listener may
+// subscribe. It answers 204 when the request's session owns that open
+// channel, and 403 otherwise: no session, another session's channel, a
+// channel not open, a malformed ID. nginx relays a refusal to the listener
+// unchanged, so the body is the status text alone.
+//
+//	location = /authorize {
+//	    internal;
+//	    proxy_pass http://app/authorize;
+//	    proxy_pass_request_body off;
+//	    proxy_set_header Content-Length "";
+//	    proxy_set_header X-Channel-Id $nchan_channel_id;
+//	}
+func (m *Manager) AuthorizeHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-store")
+		id := r.Header.Get(AuthorizeHeader)
+		if !validChannelID(id) {
+			m.fail(w, r, http.StatusForbidden, fmt.Errorf("%w: %q in %s", ErrInvalidChannel, clip(id), AuthorizeHeader))
+			return
+		}
+		if err := m.authorize(r, id); err != nil {
+			m.fail(w, r, http.StatusForbidden, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+}
+
 // authorize reports whether r's session owns the open channel id.
 func (m *Manager) authorize(r *http.Request, id string) error {
 	ch, _ := FromContext(r.Context())

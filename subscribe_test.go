@@ -171,3 +171,41 @@ func TestDefaultErrorHandlerHidesErrorText(t *testing.T) {
 		t.Fatalf("refusal: %d %q, want 403 and the status text alone", code, body)
 	}
 }
+
+func TestAuthorizeHandler(t *testing.T) {
+	a := newApp(t, nil)
+	alice := a.browser().login("alice")
+	unopened := strings.Fields(alice.get("/whoami"))[1] // bound, not yet opened
+	if code := alice.status("GET", "/authorize", nil, sessionpush.AuthorizeHeader, unopened); code != 403 {
+		t.Fatalf("authorize before /subscribe: %d, want 403", code)
+	}
+	sub := alice.subscribe()
+	mallory := a.browser().login("mallory")
+	mallory.subscribe()
+	cases := []struct {
+		name string
+		b    *browser
+		id   string
+		hdr  []string
+		want int
+	}{
+		{"owner", alice, sub.Channel, nil, 204},
+		{"another user", mallory, sub.Channel, nil, 403},
+		{"no cookie", a.browser(), sub.Channel, nil, 403},
+		{"tampered cookie", a.browser(), sub.Channel, []string{"Cookie", "session=" + tamper(a, "alice")}, 403},
+		{"malformed id", alice, sub.Channel + "/..", nil, 403},
+		{"no id", alice, "", nil, 403},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			hdr := append([]string{sessionpush.AuthorizeHeader, tc.id}, tc.hdr...)
+			if code := tc.b.status("GET", "/authorize?id="+sub.Channel, nil, hdr...); code != tc.want {
+				t.Fatalf("authorize: %d, want %d", code, tc.want)
+			}
+		})
+	}
+	alice.status("POST", "/logout", nil)
+	if code := alice.status("GET", "/authorize", nil, sessionpush.AuthorizeHeader, sub.Channel); code != 403 {
+		t.Fatalf("authorize after logout: %d, want 403", code)
+	}
+}
