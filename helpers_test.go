@@ -21,6 +21,7 @@ import (
 	"github.com/sessionpush/sessionpush"
 	"github.com/sessionpush/sessionpush/hub"
 	"github.com/sessionpush/sessionpush/relay"
+	"github.com/sessionpush/sessionpush/relaytest"
 )
 
 // app is a small application on the kit, served over real HTTP.
@@ -234,9 +235,6 @@ func (b *browser) walk(path string, n int, hdr ...string) (bodies []string, ims,
 	return bodies, ims, inm
 }
 
-// event is one EventSource event.
-type event struct{ id, name, data string }
-
 // stream is an open EventSource response.
 type stream struct {
 	resp *http.Response
@@ -256,34 +254,7 @@ func (b *browser) listen(path string, hdr ...string) (*stream, int) {
 }
 
 // next returns the next event; ok is false when the stream ended.
-// Comments are skipped; a ":410" comment is reported as ended.
-func (s *stream) next() (ev event, ok bool) {
-	var data []string
-	seen := false
-	for {
-		line, err := s.r.ReadString('\n')
-		if err != nil {
-			return event{}, false
-		}
-		line = strings.TrimSuffix(line, "\n")
-		switch {
-		case line == "":
-			if seen {
-				ev.data = strings.Join(data, "\n")
-				return ev, true
-			}
-		case strings.HasPrefix(line, ":410"):
-			return event{}, false
-		case strings.HasPrefix(line, ":"):
-		case strings.HasPrefix(line, "id: "):
-			ev.id, seen = line[4:], true
-		case strings.HasPrefix(line, "event: "):
-			ev.name, seen = line[7:], true
-		case strings.HasPrefix(line, "data: "), line == "data:":
-			data, seen = append(data, strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " ")), true
-		}
-	}
-}
+func (s *stream) next() (relaytest.Event, bool) { return relaytest.ReadEvent(s.r) }
 
 // waitListeners waits until channel has n listeners on the relay.
 func (a *app) waitListeners(channel string, n int) {

@@ -425,14 +425,7 @@ func (m *Manager) sync(w http.ResponseWriter, r *http.Request) (Channel, bool, e
 	if id == "" && owner == "" && user == "" {
 		return Channel{}, false, nil
 	}
-	var errs []error
-	if validChannelID(id) {
-		if err := m.CloseChannel(r.Context(), id); err != nil && !errors.Is(err, ErrChannelNotFound) {
-			errs = append(errs, err)
-		}
-	}
-	delete(s.Values, SessionKeyChannel)
-	delete(s.Values, SessionKeyOwner)
+	unbindErr := m.unbind(r.Context(), s)
 	var ch Channel
 	if user != "" {
 		ch = Channel{ID: uuid.NewString(), User: user, m: m}
@@ -440,9 +433,24 @@ func (m *Manager) sync(w http.ResponseWriter, r *http.Request) (Channel, bool, e
 		s.Values[SessionKeyOwner] = user
 	}
 	if err := m.save(w, r, s); err != nil {
-		return Channel{}, false, errors.Join(append(errs, err)...)
+		return Channel{}, false, errors.Join(unbindErr, err)
 	}
-	return ch, user != "", errors.Join(errs...)
+	return ch, user != "", unbindErr
+}
+
+// unbind closes the channel bound to s, if any, and removes it from s,
+// which the caller saves.
+func (m *Manager) unbind(ctx context.Context, s *sessions.Session) error {
+	id, _ := boundValues(s)
+	delete(s.Values, SessionKeyChannel)
+	delete(s.Values, SessionKeyOwner)
+	if !validChannelID(id) {
+		return nil
+	}
+	if err := m.CloseChannel(ctx, id); err != nil && !errors.Is(err, ErrChannelNotFound) {
+		return err
+	}
+	return nil
 }
 
 // rebind replaces the channel bound to r's session by a new one, for when

@@ -207,12 +207,12 @@ func TestListenLongPollAndEventSource(t *testing.T) {
 	}
 	for i := 1; i <= 3; i++ {
 		ev, ok := es.next()
-		if !ok || ev.data != fmt.Sprintf(`{"n":%d}`, i) {
+		if !ok || ev.Data != fmt.Sprintf(`{"n":%d}`, i) {
 			t.Fatalf("EventSource event %d: %+v %v", i, ev, ok)
 		}
 	}
 	b.push(`{"n":4}`)
-	if ev, _ := es.next(); ev.data != `{"n":4}` {
+	if ev, _ := es.next(); ev.Data != `{"n":4}` {
 		t.Fatalf("live EventSource event: %+v", ev)
 	}
 }
@@ -239,17 +239,17 @@ func TestNoLossOnReconnect(t *testing.T) {
 	e2, _ := es.next()
 	es.resp.Body.Close()
 	b.push(`5`)
-	es2, _ := b.listen(sub.URL+"?last_event_id="+sub.Cursor, "Last-Event-ID", e2.id)
+	es2, _ := b.listen(sub.URL+"?last_event_id="+sub.Cursor, "Last-Event-ID", e2.ID)
 	var got []string
 	for range 3 {
 		ev, ok := es2.next()
 		if !ok {
 			t.Fatal("stream ended")
 		}
-		got = append(got, ev.data)
+		got = append(got, ev.Data)
 	}
-	if e1.data != `1` || e2.data != `2` || !slices.Equal(got, []string{`3`, `4`, `5`}) {
-		t.Fatalf("EventSource across a reconnect got %s %s then %q", e1.data, e2.data, got)
+	if e1.Data != `1` || e2.Data != `2` || !slices.Equal(got, []string{`3`, `4`, `5`}) {
+		t.Fatalf("EventSource across a reconnect got %s %s then %q", e1.Data, e2.Data, got)
 	}
 }
 
@@ -267,7 +267,7 @@ func TestLateListenerWithCursor(t *testing.T) {
 	}
 	es, _ := b.listen(sub.URL + "?last_event_id=" + sub.Cursor)
 	e, _ := es.next()
-	if e.data != `"after-1"` {
+	if e.Data != `"after-1"` {
 		t.Fatalf("late EventSource listener got %+v first", e)
 	}
 }

@@ -33,7 +33,7 @@ func TestBroadcastReachesEachSessionOnce(t *testing.T) {
 		t.Fatalf("Broadcast = %d, %v; want 3, nil", n, err)
 	}
 	for i, sub := range subs {
-		if ev, ok := streams[i].next(); !ok || ev.data != `{"news":"hello"}` {
+		if ev, ok := streams[i].next(); !ok || ev.Data != `{"news":"hello"}` {
 			t.Fatalf("listener %d got %+v", i, ev)
 		}
 		info, err := a.relay.Info(context.Background(), sub.Channel)

@@ -287,19 +287,7 @@ func (m *Manager) Close(w http.ResponseWriter, r *http.Request) error {
 	if s == nil {
 		return fmt.Errorf("sessionpush: session: %w", err)
 	}
-	id, _ := boundValues(s)
-	var errs []error
-	if validChannelID(id) {
-		if err := m.CloseChannel(r.Context(), id); err != nil && !errors.Is(err, ErrChannelNotFound) {
-			errs = append(errs, err)
-		}
-	}
-	delete(s.Values, SessionKeyChannel)
-	delete(s.Values, SessionKeyOwner)
-	if err := s.Save(r, w); err != nil {
-		errs = append(errs, fmt.Errorf("sessionpush: save session: %w", err))
-	}
-	return errors.Join(errs...)
+	return errors.Join(m.unbind(r.Context(), s), m.save(w, r, s))
 }
 
 // CloseChannel closes the channel id: it removes it from the store and

@@ -71,7 +71,7 @@ func TestStreamsOutliveServerWriteTimeout(t *testing.T) {
 	if body := <-got; body != `"late"` {
 		t.Fatalf("long-poll past WriteTimeout got %q", body)
 	}
-	if ev, ok := es.next(); !ok || ev.data != `"late"` {
+	if ev, ok := es.next(); !ok || ev.Data != `"late"` {
 		t.Fatalf("EventSource past WriteTimeout got %+v, %v", ev, ok)
 	}
 }

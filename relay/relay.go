@@ -23,8 +23,9 @@ import (
 // [ValidateID] before using them.
 type Relay interface {
 	// Open creates the channel, or keeps it if it exists, and returns a
-	// cursor: the ID of the newest message at the moment of opening, or
-	// [NoCursor] when the channel holds none. A listener that resumes from
+	// cursor: the ID of the newest message at the moment of opening,
+	// [NoCursor] when the channel holds none, or "" when the relay cannot
+	// tell (the push module reports no IDs). A listener that resumes from
 	// the cursor receives every message published after Open returned.
 	Open(ctx context.Context, channel string) (cursor string, err error)
 

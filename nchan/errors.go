@@ -1,0 +1,63 @@
+package nchan
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/sessionpush/sessionpush/relay"
+)
+
+// ErrEmptyMessage means the server refuses to publish a message with an
+// empty body: the push module 0.712 answers such a POST with 500. Nchan
+// publishes empty messages. A [Client] returns it without sending anything
+// once it knows that it talks to the push module (a PUT answered 200, or an
+// earlier empty publish answered 500).
+var ErrEmptyMessage = errors.New("nchan: the push module refuses empty messages")
+
+// Error describes a failed call of a [Client]. It wraps [relay.ErrChannelNotFound],
+// [relay.ErrMessageTooLarge], [relay.ErrInvalidID] or [ErrEmptyMessage] when
+// one applies, the context's error when the deadline passed or the context
+// was cancelled, or the transport's error; test them with [errors.Is].
+type Error struct {
+	// Op is the method: "open", "publish", "info" or "close".
+	Op string
+	// Channel is the channel ID as the caller gave it.
+	Channel string
+	// Status is the last HTTP status the server answered (so a 503 that
+	// lasted until the deadline is 503 here), or 0 if no answer came.
+	Status int
+	// Err is the cause, or nil when the status says it all.
+	Err error
+}
+
+// Error formats e like `nchan: publish "abc": 503 Service Unavailable:
+// context deadline exceeded`.
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString("nchan: ")
+	b.WriteString(e.Op)
+	b.WriteByte(' ')
+	b.WriteString(strconv.Quote(clip(e.Channel)))
+	if e.Status != 0 {
+		b.WriteString(": ")
+		b.WriteString(strconv.Itoa(e.Status))
+		if text := http.StatusText(e.Status); text != "" {
+			b.WriteByte(' ')
+			b.WriteString(text)
+		}
+	}
+	if e.Err != nil {
+		b.WriteString(": ")
+		b.WriteString(e.Err.Error())
+	}
+	return b.String()
+}
+
+// Unwrap returns e.Err.
+func (e *Error) Unwrap() error { return e.Err }
+
+func notFound(op, channel string, status int) error {
+	return &Error{Op: op, Channel: channel, Status: status, Err: relay.ErrChannelNotFound}
+}

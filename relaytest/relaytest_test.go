@@ -1,0 +1,211 @@
+package relaytest_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/gorilla/securecookie"
+	"github.com/gorilla/sessions"
+
+	"github.com/sessionpush/sessionpush"
+	"github.com/sessionpush/sessionpush/internal/servers"
+	"github.com/sessionpush/sessionpush/nchan"
+	"github.com/sessionpush/sessionpush/relaytest"
+)
+
+const (
+	maxListeners = 3
+	maxSize      = 64 << 10 // the kit's default; nginx: client_max_body_size 64k
+)
+
+// newApp returns the handler of a small application on mgr: sign-in,
+// /subscribe, the embedded relay's listening endpoint, /authorize for Nchan,
+// and /whoami, which tells the session's bound channel.
+func newApp(mgr *sessionpush.Manager, store sessions.Store) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /login", func(w http.ResponseWriter, r *http.Request) {
+		s, _ := store.Get(r, "session")
+		s.Values["user"] = r.FormValue("user")
+		s.Save(r, w)
+	})
+	mux.Handle("POST /subscribe", mgr.SubscribeHandler())
+	mux.Handle("GET /sub/{channel}", mgr.SubscriberHandler())
+	mux.Handle("GET /authorize", mgr.AuthorizeHandler())
+	mux.HandleFunc("GET /whoami", func(w http.ResponseWriter, r *http.Request) {
+		if ch := sessionpush.CurrentChannel(r); ch != nil {
+			io.WriteString(w, ch.ID)
+		}
+	})
+	return mgr.Middleware(mux)
+}
+
+func newStore() *sessions.CookieStore {
+	store := sessions.NewCookieStore(securecookie.GenerateRandomKey(32))
+	store.Options.HttpOnly, store.Options.SameSite = true, http.SameSiteLaxMode
+	return store
+}
+
+// sessions signs browsers in at base, where the application answers.
+type signer struct {
+	base string
+	n    atomic.Int64
+}
+
+func (s *signer) login(t testing.TB) *http.Client {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar}
+	resp, err := c.PostForm(s.base+"/login", url.Values{"user": {fmt.Sprintf("user%d", s.n.Add(1))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("login: %d", resp.StatusCode)
+	}
+	return c
+}
+
+func (s *signer) newSession(t testing.TB) relaytest.Session {
+	t.Helper()
+	c := s.login(t)
+	resp, err := c.Post(s.base+"/subscribe", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var sub sessionpush.Subscription
+	if err := json.NewDecoder(resp.Body).Decode(&sub); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("/subscribe: %d %v", resp.StatusCode, err)
+	}
+	return relaytest.Session{Client: c, Channel: sub.Channel, Cursor: sub.Cursor, URL: s.base + sub.URL}
+}
+
+func (s *signer) unopened(t testing.TB) relaytest.Session {
+	t.Helper()
+	c := s.login(t)
+	resp, err := c.Get(s.base + "/whoami")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if len(id) != 36 {
+		t.Fatalf("/whoami = %q", id)
+	}
+	return relaytest.Session{Client: c, Channel: string(id), URL: s.base + "/sub/" + string(id)}
+}
+
+func TestEmbedded(t *testing.T) {
+	store := newStore()
+	mgr, err := sessionpush.New(sessionpush.Config{Sessions: store, MaxListeners: maxListeners, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(newApp(mgr, store))
+	t.Cleanup(func() {
+		mgr.Shutdown(context.Background())
+		srv.Close()
+	})
+	s := &signer{base: srv.URL}
+	relaytest.Run(t, relaytest.Target{
+		Relay:          mgr.Relay(),
+		NewSession:     s.newSession,
+		Unopened:       s.unopened,
+		MaxListeners:   maxListeners,
+		MaxMessageSize: maxSize,
+	})
+}
+
+// nchanConf puts the application and Nchan on one origin: nginx proxies the
+// application, serves listeners itself after asking the application's
+// /authorize, and takes publishes from 127.0.0.1 only.
+const nchanConf = `
+load_module {{.Module}};
+daemon off;
+worker_processes 1;
+pid nginx.pid;
+error_log error.log info;
+events { worker_connections 1024; }
+http {
+  access_log access.log;
+  client_body_temp_path client_body_temp;
+  proxy_temp_path       proxy_temp;
+  fastcgi_temp_path     fastcgi_temp;
+  uwsgi_temp_path       uwsgi_temp;
+  scgi_temp_path        scgi_temp;
+  upstream app { server {{.App}}; }
+  server {
+    listen {{.Addr}};
+    location = /pub { return 404; }
+    location ~ "^/pub/([0-9a-f-]{36})$" {
+      allow 127.0.0.1;
+      deny all;
+      nchan_publisher http;
+      nchan_channel_id $1;
+      client_max_body_size 64k;
+    }
+    location ~ "^/sub/([0-9a-f-]{36})$" {
+      nchan_subscriber;
+      nchan_channel_id $1;
+      nchan_subscribe_existing_channels_only on;
+      nchan_subscriber_first_message newest;
+      nchan_max_channel_subscribers 3;
+      nchan_authorize_request /authorize;
+    }
+    location = /authorize {
+      internal;
+      proxy_pass http://app/authorize;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Channel-Id $nchan_channel_id;
+    }
+    location / {
+      proxy_pass http://app;
+      proxy_buffering off;
+    }
+  }
+}
+`
+
+func TestNchan(t *testing.T) {
+	store := newStore()
+	srv := httptest.NewUnstartedServer(nil)
+	ngx := servers.StartNginxWith(t, nchanConf, servers.NginxOptions{
+		Vars:      map[string]any{"App": srv.Listener.Addr().String()},
+		ReadyPath: "/pub/00000000-0000-4000-8000-000000000000",
+	})
+	client, err := nchan.New(ngx.URL+"/pub/{channel}", nchan.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr, err := sessionpush.New(sessionpush.Config{Sessions: store, Relay: client, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Config.Handler = newApp(mgr, store)
+	srv.Start()
+	t.Cleanup(srv.Close)
+	s := &signer{base: ngx.URL}
+	relaytest.Run(t, relaytest.Target{
+		Relay:          client,
+		NewSession:     s.newSession,
+		Unopened:       s.unopened,
+		MaxListeners:   maxListeners,
+		MaxMessageSize: maxSize,
+	})
+	if t.Failed() {
+		log := ngx.ErrorLog()
+		t.Logf("nginx error.log (tail):\n%s", log[max(0, strings.LastIndex(log[:max(0, len(log)-4000)], "\n")):])
+	}
+}
