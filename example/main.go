@@ -5,15 +5,23 @@
 //	go run ./example                        # then open http://127.0.0.1:8080
 //	go run ./example -addr 127.0.0.1:9000 -debug
 //
-// It uses the embedded relay. Sessions live in cookies signed with a key made
-// at start, so they end when the program does.
+// It uses the embedded relay, unless -publish-url names an Nchan publisher:
+// then it publishes there and nginx serves the listeners. nginx/nginx.conf
+// serves the app and Nchan on one origin:
+//
+//	go run ./example -publish-url 'http://127.0.0.1:8081/pub/{channel}' -subscribe-url '/sub/{channel}'
+//	nginx -e stderr -p "$(mktemp -d)" -c "$PWD/example/nginx/nginx.conf"   # then open http://127.0.0.1:8081
+//
+// Sessions live in cookies signed with a key made at start, so they end when
+// the program does.
 //
 // Routes:
 //
 //	POST /login          form user=<name>: sign in, 303 to /
 //	POST /logout         close the channel, clear the session, 303 to /
 //	GET|POST /subscribe  open the session's channel: {"channel","cursor","url"}
-//	GET /sub/{channel}   listen (EventSource or long-poll)
+//	GET /sub/{channel}   listen (EventSource or long-poll); 404 with -publish-url
+//	GET /authorize       for nchan_authorize_request: 204 if the session owns the channel
 //	POST /push           push the JSON body to your own channel
 //	POST /broadcast      push the JSON body to every open channel: {"sent":N}
 //	GET /                the page
@@ -42,6 +50,7 @@ import (
 	"github.com/gorilla/sessions"
 
 	"github.com/sessionpush/sessionpush"
+	"github.com/sessionpush/sessionpush/nchan"
 )
 
 //go:embed index.html client.js
@@ -76,6 +85,11 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	addr := fs.String("addr", "127.0.0.1:8080", "listen on this `address`")
 	secure := fs.Bool("secure", false, "mark the session cookie Secure (when served over https)")
 	debug := fs.Bool("debug", false, "log debug events too (channels opened and closed, refused requests)")
+	// Empty: the embedded relay. Else an nchan.Client publishes to this
+	// template and nginx serves the listeners (see nginx/nginx.conf).
+	publishURL := fs.String("publish-url", "", "publish to the Nchan publisher `URL` with {channel}, e.g. http://127.0.0.1:8081/pub/{channel}")
+	// Config.SubscriberURL: where /subscribe sends the page to listen.
+	subscribeURL := fs.String("subscribe-url", "", "the listening `URL` with {channel} that /subscribe returns, relative to the page or absolute (default /sub/{channel})")
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 		return nil
 	} else if err != nil {
@@ -89,7 +103,17 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 
 	store := newSessionStore(*secure)
 	log.Info("session cookies are signed with a key made at start: sessions do not survive a restart")
-	mgr, err := sessionpush.New(sessionpush.Config{Sessions: store, Logger: log})
+	cfg := sessionpush.Config{Sessions: store, Logger: log, SubscriberURL: *subscribeURL}
+	if *publishURL != "" {
+		nc, err := nchan.New(*publishURL, nchan.Options{Logger: log})
+		if err != nil {
+			return err
+		}
+		defer nc.CloseIdleConnections() // nginx's graceful stop waits for them
+		cfg.Relay = nc                  // SubscriberHandler answers 404: nginx serves /sub
+		log.Info("publishing to Nchan", "url", *publishURL)
+	}
+	mgr, err := sessionpush.New(cfg)
 	if err != nil {
 		return err
 	}
@@ -162,6 +186,7 @@ func newApp(mgr *sessionpush.Manager, store sessions.Store, log *slog.Logger) ht
 	mux.Handle("GET /subscribe", mgr.SubscribeHandler())
 	mux.Handle("POST /subscribe", mgr.SubscribeHandler())
 	mux.Handle("GET /sub/{channel}", mgr.SubscriberHandler())
+	mux.Handle("GET /authorize", mgr.AuthorizeHandler())
 	mux.HandleFunc("POST /push", a.push)
 	mux.HandleFunc("POST /broadcast", a.broadcast)
 	mux.HandleFunc("GET /{$}", a.home)

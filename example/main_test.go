@@ -434,15 +434,25 @@ func TestClientJS(t *testing.T) {
 	}
 }
 
-// TestRun starts the program on a free port, listens by EventSource, and
-// checks that cancelling the context ends the stream and run.
-func TestRun(t *testing.T) {
-	ctx, cancel := context.WithCancel(t.Context())
+// program is run(ctx, args, ...) in a goroutine, as `go run ./example`.
+type program struct {
+	URL    string             // where it listens, from its log
+	stop   context.CancelFunc // ends run
+	exited chan struct{}      // closed when run has returned
+	err    error              // run's result, once exited is closed
+}
+
+// startProgram runs the program with args until the test ends (or
+// p.stop), logging to the test, and waits until it listens.
+func startProgram(t *testing.T, args ...string) *program {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &program{stop: cancel, exited: make(chan struct{})}
 	logs, logw := io.Pipe()
-	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"-addr", "127.0.0.1:0"}, logw)
+		p.err = run(ctx, args, logw)
 		logw.Close()
+		close(p.exited)
 	}()
 	base := make(chan string, 1)
 	scanned := make(chan struct{})
@@ -457,16 +467,22 @@ func TestRun(t *testing.T) {
 	}()
 	t.Cleanup(func() {
 		cancel()
+		<-p.exited
 		<-scanned
 	})
-
-	var b *browser
 	select {
-	case u := <-base:
-		b = newBrowser(t, u)
-	case err := <-done:
-		t.Fatalf("run returned early: %v", err)
+	case p.URL = <-base:
+	case <-p.exited:
+		t.Fatalf("run %q returned early: %v", args, p.err)
 	}
+	return p
+}
+
+// TestRun starts the program on a free port, listens by EventSource, and
+// checks that cancelling the context ends the stream and run.
+func TestRun(t *testing.T) {
+	p := startProgram(t, "-addr", "127.0.0.1:0")
+	b := newBrowser(t, p.URL)
 	b.mustLogin("alice")
 	sub := b.subscribe()
 	req, _ := http.NewRequest("GET", b.base+sub.URL, nil)
@@ -477,13 +493,14 @@ func TestRun(t *testing.T) {
 	}
 	defer resp.Body.Close()
 
-	cancel()
+	p.stop()
 	rest, err := io.ReadAll(resp.Body)
 	if err != nil || !strings.HasSuffix(string(rest), ":410: 410 Gone\n\n") {
 		t.Errorf("stream at shutdown: %q, %v; want it to end with :410: 410 Gone", rest, err)
 	}
-	if err := <-done; err != nil {
-		t.Errorf("run: %v", err)
+	<-p.exited
+	if p.err != nil {
+		t.Errorf("run: %v", p.err)
 	}
 }
 
@@ -493,5 +510,39 @@ func TestRunFlags(t *testing.T) {
 	}
 	if err := run(t.Context(), []string{"-addr", "256.0.0.1:http"}, io.Discard); err == nil {
 		t.Error("run on a bad address: no error")
+	}
+	for _, args := range [][]string{
+		{"-publish-url", "http://127.0.0.1:8081/pub"},
+		{"-publish-url", "/pub/{channel}"},
+		{"-subscribe-url", "/sub"},
+	} {
+		if err := run(t.Context(), append(args, "-addr", "127.0.0.1:0"), io.Discard); err == nil {
+			t.Errorf("run %q: no error", args)
+		}
+	}
+}
+
+// TestAuthorize asks /authorize as nginx's nchan_authorize_request does:
+// with the listener's cookie and the channel in X-Channel-Id.
+func TestAuthorize(t *testing.T) {
+	a := newTestApp(t)
+	alice, bob := a.browser(t), a.browser(t)
+	alice.mustLogin("alice")
+	bob.mustLogin("bob")
+	sub := alice.subscribe()
+	for name, tc := range map[string]struct {
+		b       *browser
+		channel string
+		want    int
+	}{
+		"owner":           {alice, sub.Channel, http.StatusNoContent},
+		"another session": {bob, sub.Channel, http.StatusForbidden},
+		"signed out":      {a.browser(t), sub.Channel, http.StatusForbidden},
+		"no channel":      {alice, "", http.StatusForbidden},
+		"not a channel":   {alice, strings.ToUpper(sub.Channel), http.StatusForbidden},
+	} {
+		if resp, _ := tc.b.do("GET", "/authorize", "", "", sessionpush.AuthorizeHeader, tc.channel); resp.StatusCode != tc.want {
+			t.Errorf("%s: GET /authorize: %s; want %d", name, resp.Status, tc.want)
+		}
 	}
 }

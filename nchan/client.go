@@ -119,6 +119,11 @@ func New(publisherURL string, opts Options) (*Client, error) {
 	return c, nil
 }
 
+// CloseIdleConnections closes the client's idle keep-alive connections to
+// the server, for example before the application exits or nginx is stopped
+// gracefully (nginx waits for open connections).
+func (c *Client) CloseIdleConnections() { c.hc.CloseIdleConnections() }
+
 func newTransport() *http.Transport {
 	return &http.Transport{
 		Proxy:               nil,
