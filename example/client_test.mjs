@@ -10,7 +10,7 @@ import {tmpdir} from 'node:os';
 import {dirname, join} from 'node:path';
 import {fileURLToPath} from 'node:url';
 
-const SessionPush = createRequire(import.meta.url)('./client.js');
+const SessionPush = createRequire(import.meta.url)('../client.js');
 const realFetch = globalThis.fetch;
 
 // fakeNet replaces fetch: each request waits until the test answers it.

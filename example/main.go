@@ -53,7 +53,7 @@ import (
 	"github.com/sessionpush/sessionpush/nchan"
 )
 
-//go:embed index.html client.js
+//go:embed index.html
 var files embed.FS
 
 var page = template.Must(template.ParseFS(files, "index.html"))
@@ -190,9 +190,7 @@ func newApp(mgr *sessionpush.Manager, store sessions.Store, log *slog.Logger) ht
 	mux.HandleFunc("POST /push", a.push)
 	mux.HandleFunc("POST /broadcast", a.broadcast)
 	mux.HandleFunc("GET /{$}", a.home)
-	mux.HandleFunc("GET /client.js", func(w http.ResponseWriter, r *http.Request) {
-		http.ServeFileFS(w, r, files, "client.js")
-	})
+	mux.Handle("GET /client.js", sessionpush.ClientHandler())
 	return mgr.Middleware(mux)
 }
 

@@ -20,9 +20,9 @@ func TestClientUnderNode(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: the JS client's tests are skipped")
 	}
-	out, err := exec.Command(node, "--check", "client.js").CombinedOutput()
+	out, err := exec.Command(node, "--check", "../client.js").CombinedOutput()
 	if err != nil {
-		t.Fatalf("node --check client.js: %v\n%s", err, out)
+		t.Fatalf("node --check ../client.js: %v\n%s", err, out)
 	}
 	out, err = exec.Command(node, "--test", "client_test.mjs").CombinedOutput()
 	if err != nil {
