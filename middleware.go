@@ -108,6 +108,12 @@ type Config struct {
 	// Ignored when Relay is set.
 	MessageTTL time.Duration
 
+	// OriginPatterns lists the other origins (host patterns such as
+	// "example.com" or "*.example.com") from which pages may open
+	// WebSocket listeners on the embedded relay. Nil means the page's own
+	// origin only. Ignored when Relay is set.
+	OriginPatterns []string
+
 	// IdleTimeout is how long an open channel may go without listeners
 	// and without a call to SubscribeHandler before [Manager.ExpireIdle]
 	// (run periodically by [Manager.Run]) closes it. Zero means 30
@@ -187,6 +193,7 @@ func New(cfg Config) (*Manager, error) {
 			MessageTTL:     cfg.MessageTTL,
 			MaxListeners:   orInt(cfg.MaxListeners, DefaultMaxListeners),
 			MaxMessageSize: m.maxSize,
+			OriginPatterns: cfg.OriginPatterns,
 			Logger:         m.log,
 		})
 		m.relay = m.ownHub

@@ -189,9 +189,10 @@ func (m *Manager) subscription(id, cursor string) Subscription {
 // for "GET /sub/{channel}": the channel ID comes from the path value
 // "channel", or else from the last element of the path. It answers 400 for
 // a malformed ID and 403 unless the request's session owns that open
-// channel; then the relay serves the listener: EventSource when the request
-// accepts text/event-stream, long-poll otherwise. Ownership is checked on
-// every request, so on every long-poll.
+// channel; then the relay serves the listener: WebSocket for an upgrade
+// request, EventSource when the request accepts text/event-stream, long-poll
+// otherwise. Ownership is checked on every request: every long-poll, every
+// stream and WebSocket handshake.
 //
 // With a relay that serves its listeners itself (Nchan) it answers 404.
 func (m *Manager) SubscriberHandler() http.Handler {

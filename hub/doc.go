@@ -18,20 +18,22 @@
 //
 // # Transports
 //
-// [Hub.ServeSubscriber] serves one listener. A request whose Accept names
-// text/event-stream gets an EventSource stream; any other gets a long-poll.
-// Only GET is allowed (405 with "Allow: GET" otherwise).
+// [Hub.ServeSubscriber] serves one listener. A WebSocket upgrade request
+// (Connection: upgrade and Upgrade: websocket) gets a WebSocket; else a
+// request whose Accept names text/event-stream gets an EventSource stream;
+// any other gets a long-poll. Only GET is allowed (405 with "Allow: GET"
+// otherwise).
 //
 // A listener resumes after a position, taken from the first of: the
-// Last-Event-ID header, the last_event_id query parameter, and (long-poll
-// only) the If-Modified-Since and If-None-Match pair, which carry a
-// message's Last-Modified (its second) and Etag (its tag). Without one it
-// starts at the oldest buffered message; a position older than the buffer
-// also starts there, and a position in the future waits. Every buffered
-// message after the position is delivered once, in order. An unparseable
-// position is answered 400; If-None-Match alone counts as no position,
-// If-Modified-Since alone is an error, as on Nchan. The cursor that
-// [Hub.Open] returns is such a position.
+// Last-Event-ID header, the last_event_id query parameter (the one browsers
+// can set on a WebSocket), and (long-poll only) the If-Modified-Since and
+// If-None-Match pair, which carry a message's Last-Modified (its second) and
+// Etag (its tag). Without one it starts at the oldest buffered message; a
+// position older than the buffer also starts there, and a position in the
+// future waits. Every buffered message after the position is delivered
+// once, in order. An unparseable position is answered 400; If-None-Match
+// alone counts as no position, If-Modified-Since alone is an error, as on
+// Nchan. The cursor that [Hub.Open] returns is such a position.
 //
 // Long-poll answers 200 with one message: its body, its Content-Type (if it
 // has one), Last-Modified and Etag. If there is none yet it waits, and
@@ -43,6 +45,28 @@
 // blank line. A comment line keeps a silent stream alive every
 // Options.Heartbeat. When the channel is closed the stream ends with
 // ":410: 410 Gone".
+//
+// WebSocket, served with github.com/coder/websocket, checks the channel and
+// the position as the others do and answers a refusal on the handshake, as
+// plain HTTP, before upgrading; it also refuses (403) a page from another
+// origin than the request's host unless Options.OriginPatterns allows it.
+// Then it sends each message as one frame, the buffered ones first: a
+// binary frame when the message's Content-Type is application/octet-stream,
+// a text frame otherwise (so a body that is not UTF-8 should be sent as
+// application/octet-stream); an empty message is an empty frame. A client
+// that asks for Nchan's subprotocol ws+meta.nchan gets each frame as
+//
+//	id: <id>
+//	content-type: <type>
+//
+//	<body>
+//
+// without the content-type line when the message has none, so that it can
+// resume with ?last_event_id=; other clients get the body alone. A silent
+// connection is pinged every Options.Heartbeat, and dropped if the pong does
+// not come within Options.WriteTimeout. The client is not expected to send
+// messages: one that does is closed with status 1008. When the channel is
+// closed the connection is closed with status 1001 and reason "410 Gone".
 //
 // Every answer carries "Cache-Control: no-store" and "X-Accel-Buffering: no";
 // long-poll answers also "Vary: If-None-Match, If-Modified-Since".
@@ -61,9 +85,14 @@
 // request goroutine, so a slow or stalled listener delays no one else and is
 // disconnected when a write takes longer than Options.WriteTimeout. Each
 // write also extends the connection's write deadline, so an http.Server
-// WriteTimeout shorter than a stream does not cut it.
+// WriteTimeout shorter than a stream does not cut it (a WebSocket connection,
+// once hijacked, has no server deadline; each of its writes is bounded by a
+// context instead).
 //
 // [Hub.Shutdown] ends every listener as Close does, refuses new ones (503)
 // and every later call ([relay.ErrClosed]), and returns when every
-// ServeSubscriber call has returned.
+// ServeSubscriber call has returned. A WebSocket listener returns only once
+// its connection is closed and the goroutine that reads it has ended; its
+// close handshake takes at most 5 seconds to send the close and 5 to await
+// the client's answer, bounds that coder/websocket sets.
 package hub

@@ -6,6 +6,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
+
+	"github.com/coder/websocket"
 
 	"github.com/sessionpush/sessionpush/hub"
 	"github.com/sessionpush/sessionpush/relay"
@@ -53,4 +56,46 @@ func Example() {
 	// 200 hello "text/plain"
 	// 200 world ""
 	// buffered: 2
+}
+
+// A WebSocket listener that asks for Nchan's ws+meta.nchan subprotocol gets
+// each message's ID, to resume from with ?last_event_id=, and its
+// Content-Type before its body. Closing the channel closes the connection
+// with status 1001 (going away).
+func Example_webSocket() {
+	ctx := context.Background()
+	h := hub.New(hub.Options{})
+	defer h.Shutdown(ctx)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /sub/{channel}", func(w http.ResponseWriter, r *http.Request) {
+		// A real application first checks that r may listen to the channel.
+		h.ServeSubscriber(w, r, r.PathValue("channel"))
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	const channel = "9b2f6c1e-4a7d-4e3b-8c5f-0d1e2f3a4b5c"
+	cursor, _ := h.Open(ctx, channel)
+	receipt, _ := h.Publish(ctx, channel, relay.Message{Body: []byte(`{"hello":"world"}`), ContentType: "application/json"})
+
+	url := "ws" + strings.TrimPrefix(srv.URL, "http") + "/sub/" + channel + "?last_event_id=" + cursor
+	conn, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{Subprotocols: []string{"ws+meta.nchan"}})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer conn.CloseNow()
+	_, frame, _ := conn.Read(ctx)
+	fmt.Println(strings.Replace(string(frame), receipt.ID, "<id>", 1))
+
+	h.Close(ctx, channel)
+	_, _, err = conn.Read(ctx)
+	fmt.Println(websocket.CloseStatus(err))
+	// Output:
+	// id: <id>
+	// content-type: application/json
+	//
+	// {"hello":"world"}
+	// StatusGoingAway
 }

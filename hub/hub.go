@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sessionpush/sessionpush/relay"
@@ -48,26 +49,40 @@ type Options struct {
 	LongPollTimeout time.Duration
 
 	// Heartbeat is the silence after which an EventSource stream gets a
-	// comment line, so that proxies and browsers keep it open. Zero means
-	// 15 seconds; negative means none.
+	// comment line and a WebSocket a ping, so that proxies and browsers
+	// keep it open. Zero means 15 seconds; negative means none.
 	Heartbeat time.Duration
 
-	// WriteTimeout bounds each write to a listener; a listener that does
-	// not take a write within it is disconnected. Each write also extends
+	// WriteTimeout bounds each write to a listener, and the wait for a
+	// WebSocket listener's answer to a ping; a listener that does not take
+	// a write or answer within it is disconnected. Each write also extends
 	// the connection's write deadline, so an http.Server WriteTimeout does
 	// not cut streams or long waits. Zero means 10 seconds; negative means
 	// no bound.
 	WriteTimeout time.Duration
 
-	// Logger records dropped listeners: at debug level when a write fails,
-	// at error level when the ResponseWriter cannot flush. Nil means
-	// slog.Default().
+	// OriginPatterns lists the other origins whose pages may open a
+	// WebSocket listener, as path.Match patterns matched without regard
+	// to case against the Origin header's host, or against its
+	// "scheme://host" when the pattern contains "://": for example
+	// "app.example.com", "*.example.com" or "https://app.example.com". A
+	// WebSocket handshake whose Origin names another host than the
+	// request's Host and matches no pattern is answered 403; a malformed
+	// pattern matches nothing. A handshake without Origin (browsers always
+	// send one) is accepted. Nil means only same-host origins. It does not
+	// apply to long-poll and EventSource, whose answers browsers let other
+	// origins read only with CORS headers, which the hub does not send.
+	OriginPatterns []string
+
+	// Logger records dropped and refused listeners: at debug level when a
+	// write fails or a WebSocket handshake is refused, at error level when
+	// the ResponseWriter cannot flush or hijack. Nil means slog.Default().
 	Logger *slog.Logger
 }
 
 // Hub is the embedded relay: it keeps channels and their message buffers in
-// memory and serves their listeners over long-poll and EventSource. It
-// implements [relay.Relay] and [relay.SubscriberServer].
+// memory and serves their listeners over long-poll, EventSource and
+// WebSocket. It implements [relay.Relay] and [relay.SubscriberServer].
 //
 // Create one with [New]; a Hub is safe for concurrent use and must not be
 // copied. Stop it with [Hub.Shutdown].
@@ -103,6 +118,7 @@ func New(opts Options) *Hub {
 	def(&opts.LongPollTimeout, 30*time.Second)
 	def(&opts.Heartbeat, 15*time.Second)
 	def(&opts.WriteTimeout, 10*time.Second)
+	opts.OriginPatterns = slices.Clone(opts.OriginPatterns)
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
@@ -211,8 +227,9 @@ func (h *Hub) Info(ctx context.Context, channel string) (relay.Info, error) {
 
 // Close deletes channel and its buffer and ends its listeners: a waiting
 // long-poll is answered 410, an EventSource stream gets ":410: 410 Gone" and
-// ends. It returns an error wrapping [relay.ErrChannelNotFound] if the
-// channel is not open.
+// ends, a WebSocket is closed with status 1001 and reason "410 Gone". It
+// returns an error wrapping [relay.ErrChannelNotFound] if the channel is not
+// open.
 func (h *Hub) Close(ctx context.Context, channel string) error {
 	if err := check(ctx, "close", channel); err != nil {
 		return err
@@ -234,7 +251,9 @@ func (h *Hub) Close(ctx context.Context, channel string) error {
 // Shutdown closes every channel as [Hub.Close] does and refuses new
 // listeners (503) and every later call ([relay.ErrClosed]). It returns nil
 // once every ServeSubscriber call has returned, or ctx.Err() if ctx ends
-// first; listeners still writing then end within Options.WriteTimeout.
+// first; listeners still writing then end within Options.WriteTimeout, and
+// a WebSocket's close handshake within coder/websocket's bounds (5 seconds
+// to send the close, 5 to await the client's answer).
 func (h *Hub) Shutdown(ctx context.Context) error {
 	h.mu.Lock()
 	channels := h.channels
@@ -256,19 +275,25 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	}
 }
 
-// ServeSubscriber serves one listener of channel: EventSource when the
-// request's Accept names text/event-stream, long-poll otherwise. The caller
-// has already decided that the request may listen to channel.
+// ServeSubscriber serves one listener of channel: WebSocket when the
+// request asks to upgrade to it, else EventSource when its Accept names
+// text/event-stream, else long-poll. The caller has already decided that
+// the request may listen to channel; for WebSocket it decides on the
+// upgrade request.
 //
 // It answers 400 to an invalid channel ID or resume position, 403 if the
 // channel is not open or has Options.MaxListeners listeners, 405 to methods
-// other than GET and 503 after Shutdown.
+// other than GET and 503 after Shutdown; WebSocket handshakes get these
+// answers too, before the upgrade, and 403 for an Origin that
+// Options.OriginPatterns does not allow.
 func (h *Hub) ServeSubscriber(w http.ResponseWriter, r *http.Request, channel string) {
 	hdr := w.Header()
 	hdr.Set("Cache-Control", "no-store")
 	hdr.Set("X-Accel-Buffering", "no")
-	eventStream := acceptsEventStream(r)
-	if !eventStream {
+	webSocket := isWebSocket(r)
+	eventStream := !webSocket && acceptsEventStream(r)
+	longPoll := !webSocket && !eventStream
+	if longPoll {
 		hdr.Add("Vary", "If-None-Match, If-Modified-Since")
 	}
 	if !h.enter() {
@@ -286,7 +311,7 @@ func (h *Hub) ServeSubscriber(w http.ResponseWriter, r *http.Request, channel st
 		reply(w, http.StatusBadRequest, "invalid channel id")
 		return
 	}
-	pos, reason := position(r, !eventStream)
+	pos, reason := position(r, longPoll)
 	if reason != "" {
 		reply(w, http.StatusBadRequest, reason)
 		return
@@ -300,15 +325,18 @@ func (h *Hub) ServeSubscriber(w http.ResponseWriter, r *http.Request, channel st
 
 	l := &listener{hub: h, ch: c, w: w, rc: http.NewResponseController(w), pos: pos}
 	var err error
-	if eventStream {
+	switch {
+	case webSocket:
+		err = l.webSocket(r)
+	case eventStream:
 		err = l.eventSource(r.Context())
-	} else {
+	default:
 		err = l.longPoll(r.Context())
 	}
 	if err != nil {
 		level := slog.LevelDebug
 		if errors.Is(err, http.ErrNotSupported) {
-			level = slog.LevelError // a ResponseWriter wrapper that cannot flush
+			level = slog.LevelError // a ResponseWriter wrapper that cannot flush or hijack
 		}
 		h.log.Log(r.Context(), level, "hub: listener dropped", "channel", channel, "err", err)
 	}
@@ -405,7 +433,7 @@ func (c *chanState) stamp(m *message, now time.Time) {
 	b := append(line[:0], "id: "...)
 	b = strconv.AppendInt(b, id.Time, 10)
 	b = append(strconv.AppendInt(append(b, ':'), id.Tag, 10), '\n')
-	start := m.dataAt - len(b) - len(m.eventLine)
+	start := maxIDLine - len(b) // frame holds len(eventLine)+maxIDLine bytes before the data lines
 	copy(m.frame[start:], m.eventLine)
 	copy(m.frame[start+len(m.eventLine):], b)
 	m.frame = m.frame[start:]
@@ -481,7 +509,8 @@ func (c *chanState) close() {
 }
 
 // message is one published message with everything its listeners need,
-// computed once at publish.
+// computed once: at publish, but for the ws+meta.nchan frame, which the
+// first listener that needs it builds.
 type message struct {
 	pos         relay.MessageID
 	id          string // pos as "<unix-seconds>:<tag>"
@@ -493,7 +522,11 @@ type message struct {
 	frame       []byte    // the EventSource event: event, id and data lines, blank line
 	expires     time.Time // zero: never
 	eventLine   string    // "event: <name>\n", or empty
-	dataAt      int       // where the data lines start in frame before stamp
+
+	// meta is the ws+meta.nchan frame, built by the first listener that
+	// needs it (see metaFrame), so that channels without such listeners
+	// do not pay for it.
+	meta atomic.Pointer[[]byte]
 }
 
 // maxIDLine is the longest "id:" line of an EventSource event.
@@ -501,16 +534,16 @@ const maxIDLine = len("id: 9223372036854775807:9223372036854775807\n")
 
 // newMessage copies m's body and prepares its EventSource data lines. One
 // allocation holds the body, then room for the event and id lines that stamp
-// writes, then the data lines.
+// writes (len(eventLine)+maxIDLine bytes), then the data lines.
 func newMessage(m relay.Message) *message {
 	msg := &message{contentType: m.ContentType, length: strconv.Itoa(len(m.Body))}
 	if m.Event != "" {
 		msg.eventLine = "event: " + m.Event + "\n"
 	}
 	breaks := bytes.Count(m.Body, []byte{'\n'}) + bytes.Count(m.Body, []byte{'\r'})
-	msg.dataAt = len(msg.eventLine) + maxIDLine
+	dataAt := len(msg.eventLine) + maxIDLine
 	b := len(m.Body)
-	buf := make([]byte, b+msg.dataAt, 2*b+msg.dataAt+(breaks+1)*len("data: \n")+1)
+	buf := make([]byte, b+dataAt, 2*b+dataAt+(breaks+1)*len("data: \n")+1)
 	msg.body = buf[:copy(buf, m.Body):b]
 	msg.frame = appendData(buf, m.Body)[b:]
 	return msg

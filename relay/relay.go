@@ -59,7 +59,9 @@ type Message struct {
 	// Body is delivered as is. It may be empty.
 	Body []byte
 	// ContentType is the media type of Body, given to long-poll listeners
-	// as their Content-Type. Empty means none is sent.
+	// as their Content-Type and to WebSocket listeners in ws+meta.nchan
+	// frames; application/octet-stream makes a binary WebSocket frame.
+	// Empty means none is sent.
 	ContentType string
 	// Event names the message for EventSource listeners ("event:" line).
 	// Empty means an unnamed message. It must not contain CR or LF.

@@ -1,0 +1,189 @@
+package hub
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/coder/websocket"
+)
+
+const (
+	// metaProtocol is Nchan's WebSocket subprotocol: each frame carries
+	// the message's ID and Content-Type before its body.
+	metaProtocol = "ws+meta.nchan"
+
+	// binaryType is the message Content-Type sent as binary frames; every
+	// other message is a text frame, as on Nchan.
+	binaryType = "application/octet-stream"
+)
+
+// webSocket upgrades the request, then sends every message after l.pos as
+// one frame, pings after each Options.Heartbeat of silence, and closes the
+// connection with status 1001 and reason "410 Gone" when the channel ends.
+// It returns when the channel or the connection ends, or when a write or a
+// ping fails, and only once the connection and its reading goroutine are
+// done.
+func (l *listener) webSocket(r *http.Request) error {
+	hs := &handshake{ResponseWriter: l.w}
+	l.deadline() // bounds the 101; hijacking then clears the connection's deadlines
+	conn, err := websocket.Accept(hs, r, &websocket.AcceptOptions{
+		Subprotocols:   []string{metaProtocol},
+		OriginPatterns: l.hub.opts.OriginPatterns,
+	})
+	if err != nil {
+		if hs.refused == http.StatusNotImplemented {
+			return fmt.Errorf("%w: %w", http.ErrNotSupported, err) // no Hijacker
+		}
+		return err
+	}
+	// CloseNow waits for the goroutine that CloseRead starts, so that
+	// Shutdown's wait for ServeSubscriber covers it. After Close it only
+	// waits.
+	defer conn.CloseNow()
+
+	// The reading goroutine answers pings, takes the pongs and the
+	// client's close; ctx ends with the connection. A data message from
+	// the client closes it with 1008, as nothing is expected.
+	ctx := conn.CloseRead(r.Context())
+	meta := strings.EqualFold(conn.Subprotocol(), metaProtocol) // as the client spelled it
+
+	d := l.hub.opts.Heartbeat
+	t, beat := timer(d)
+	if t != nil {
+		defer t.Stop()
+	}
+	for {
+		m, err := l.await(ctx, beat)
+		switch {
+		case err == errGone:
+			return conn.Close(websocket.StatusGoingAway, "410 Gone")
+		case m != nil:
+			err = l.writeFrame(ctx, conn, m, meta)
+			l.pos = m.pos
+		case ctx.Err() != nil:
+			return nil // the client closed or went away
+		default:
+			err = l.ping(ctx, conn)
+		}
+		if err != nil {
+			return err
+		}
+		if t != nil {
+			t.Reset(d)
+		}
+	}
+}
+
+// writeFrame sends m as one frame within Options.WriteTimeout: binary when
+// its Content-Type is application/octet-stream, else text; its body, or
+// with ws+meta.nchan its metaFrame. A write that times out closes the
+// connection.
+func (l *listener) writeFrame(ctx context.Context, conn *websocket.Conn, m *message, meta bool) error {
+	typ, b := websocket.MessageText, m.body
+	if m.contentType == binaryType {
+		typ = websocket.MessageBinary
+	}
+	if meta {
+		b = m.metaFrame()
+	}
+	ctx, cancel := l.bound(ctx)
+	defer cancel()
+	return conn.Write(ctx, typ, b)
+}
+
+// ping sends a ping and waits for the pong within Options.WriteTimeout; the
+// reading goroutine takes the pong.
+func (l *listener) ping(ctx context.Context, conn *websocket.Conn) error {
+	ctx, cancel := l.bound(ctx)
+	defer cancel()
+	return conn.Ping(ctx)
+}
+
+// bound returns ctx limited to Options.WriteTimeout, if there is a bound.
+func (l *listener) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if d := l.hub.opts.WriteTimeout; d > 0 {
+		return context.WithTimeout(ctx, d)
+	}
+	return ctx, func() {}
+}
+
+// metaFrame returns m as a ws+meta.nchan frame: "id: <id>\n", then
+// "content-type: <type>\n" if m has one, a blank line and the body. The
+// first listener that needs it builds it; others that race it build the
+// same bytes, and all then share the one stored. CR and LF in the
+// Content-Type become spaces, as net/http writes them in headers, so that
+// it cannot add lines.
+func (m *message) metaFrame() []byte {
+	if f := m.meta.Load(); f != nil {
+		return *f
+	}
+	n := len("id: \ncontent-type: \n\n") + len(m.id) + len(m.contentType) + len(m.body)
+	f := append(append(make([]byte, 0, n), "id: "...), m.id...)
+	if m.contentType != "" {
+		f = append(append(f, "\ncontent-type: "...), m.contentType...)
+		for i := len(f) - len(m.contentType); i < len(f); i++ {
+			if f[i] == '\r' || f[i] == '\n' {
+				f[i] = ' '
+			}
+		}
+	}
+	f = append(append(f, "\n\n"...), m.body...)
+	m.meta.CompareAndSwap(nil, &f)
+	return *m.meta.Load()
+}
+
+// isWebSocket reports whether r asks to upgrade to WebSocket: Connection
+// names upgrade and Upgrade names websocket, in any case.
+func isWebSocket(r *http.Request) bool {
+	return hasToken(r.Header, "Connection", "upgrade") && hasToken(r.Header, "Upgrade", "websocket")
+}
+
+// hasToken reports whether the comma-separated header key lists token.
+func hasToken(h http.Header, key, token string) bool {
+	for _, v := range h.Values(key) {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// handshake is the ResponseWriter that websocket.Accept answers on. Its
+// refusals (403 for a foreign Origin, 400 for a malformed handshake) are
+// answered as the hub answers its own: an empty body, or a short plain-text
+// reason for 400, rather than the library's error text, which is not for
+// browsers. The upgrade itself goes through: Accept hijacks the
+// connection through Unwrap.
+type handshake struct {
+	http.ResponseWriter
+	refused int // the status of a refusal; zero if none
+}
+
+func (w *handshake) WriteHeader(code int) {
+	if code == http.StatusSwitchingProtocols {
+		w.ResponseWriter.WriteHeader(code)
+		return
+	}
+	w.refused = code
+	h := w.Header()
+	h.Del("Content-Type") // set by http.Error
+	h.Del("X-Content-Type-Options")
+	reason := ""
+	if code == http.StatusBadRequest {
+		reason = "invalid WebSocket handshake"
+	}
+	reply(w.ResponseWriter, code, reason)
+}
+
+func (w *handshake) Write(b []byte) (int, error) {
+	if w.refused != 0 {
+		return len(b), nil // Accept's error text
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *handshake) Unwrap() http.ResponseWriter { return w.ResponseWriter }
