@@ -22,9 +22,10 @@ type Record struct {
 // Store remembers the open channels and their owners.
 //
 // Every method takes a context and may be called concurrently. "Not found"
-// is never an error: Get reports it with ok=false, Remove with
-// removed=false, ByUser with an empty slice. An error means the store
-// failed.
+// is never an error: Get reports it with ok=false, Touch with found=false,
+// Remove with removed=false, ByUser with an empty slice. An error means the
+// store failed. Times are kept to the millisecond at least; their location
+// need not survive.
 type Store interface {
 	// Add records rec, replacing a record with the same ID.
 	Add(ctx context.Context, rec Record) error
@@ -32,11 +33,14 @@ type Store interface {
 	Get(ctx context.Context, id string) (rec Record, ok bool, err error)
 	// ByUser returns the records of user's channels, in no set order.
 	ByUser(ctx context.Context, user string) ([]Record, error)
-	// All yields every record, in no set order. Records added or removed
-	// during the iteration may or may not be yielded. An error ends it.
+	// All yields every record once, in no set order. Records added or
+	// removed during the iteration may or may not be yielded. An error,
+	// such as one wrapping ctx.Err() when ctx ends, is the last value
+	// yielded.
 	All(ctx context.Context) iter.Seq2[Record, error]
-	// Touch sets the LastSeen of channel id to t, if it is recorded.
-	Touch(ctx context.Context, id string, t time.Time) error
+	// Touch sets the LastSeen of channel id to t and reports whether the
+	// channel is recorded; it never records a channel that is not.
+	Touch(ctx context.Context, id string, t time.Time) (found bool, err error)
 	// Remove deletes the record of channel id and reports whether this
 	// call removed it, so that of several callers exactly one acts on a
 	// removal.
@@ -120,14 +124,15 @@ func (s *MemoryStore) All(ctx context.Context) iter.Seq2[Record, error] {
 }
 
 // Touch implements [Store].
-func (s *MemoryStore) Touch(_ context.Context, id string, t time.Time) error {
+func (s *MemoryStore) Touch(_ context.Context, id string, t time.Time) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if rec, ok := s.byID[id]; ok {
+	rec, ok := s.byID[id]
+	if ok {
 		rec.LastSeen = t
 		s.byID[id] = rec
 	}
-	return nil
+	return ok, nil
 }
 
 // Remove implements [Store].
@@ -175,7 +180,7 @@ func (m *Manager) ExpireIdle(ctx context.Context) (int, error) {
 		info, err := m.relay.Info(ctx, rec.ID)
 		switch {
 		case err == nil && (info.Subscribers > 0 || info.SinceRequest >= 0 && info.SinceRequest < m.idle):
-			if err := m.store.Touch(ctx, rec.ID, now); err != nil {
+			if _, err := m.store.Touch(ctx, rec.ID, now); err != nil {
 				errs = append(errs, fmt.Errorf("sessionpush: expire: touch %s: %w", rec.ID, err))
 			}
 			continue

@@ -152,15 +152,20 @@ func (m *Manager) open(w http.ResponseWriter, r *http.Request, ch *Channel) (Sub
 	case ok:
 		info, err := m.relay.Info(ctx, ch.ID)
 		if err == nil {
-			if err := m.store.Touch(ctx, ch.ID, m.now()); err != nil {
+			found, err := m.store.Touch(ctx, ch.ID, m.now())
+			if err != nil {
 				return Subscription{}, fmt.Errorf("sessionpush: store touch %s: %w", ch.ID, err)
 			}
-			return m.subscription(ch.ID, info.LastMessageID), nil
-		}
-		if !errors.Is(err, relay.ErrChannelNotFound) {
+			if found {
+				return m.subscription(ch.ID, info.LastMessageID), nil
+			}
+			// Expired meanwhile (by another instance): its listeners are
+			// being ended, so the session gets a new channel.
+		} else if !errors.Is(err, relay.ErrChannelNotFound) {
 			return Subscription{}, fmt.Errorf("sessionpush: relay info %s: %w", ch.ID, err)
+		} else {
+			m.log.Info("sessionpush: relay lost the channel; binding a new one", "channel", ch.ID, "user", ch.User)
 		}
-		m.log.Info("sessionpush: relay lost the channel; binding a new one", "channel", ch.ID, "user", ch.User)
 		if _, err := m.store.Remove(ctx, ch.ID); err != nil {
 			return Subscription{}, fmt.Errorf("sessionpush: store remove %s: %w", ch.ID, err)
 		}

@@ -209,3 +209,32 @@ func TestAuthorizeHandler(t *testing.T) {
 		t.Fatalf("authorize after logout: %d, want 403", code)
 	}
 }
+
+// expiringStore removes a channel just before touching it, as another
+// instance's ExpireIdle may between /subscribe's lookups.
+type expiringStore struct {
+	*sessionpush.MemoryStore
+	expire string
+}
+
+func (s *expiringStore) Touch(ctx context.Context, id string, t time.Time) (bool, error) {
+	if id == s.expire {
+		s.Remove(ctx, id)
+	}
+	return s.MemoryStore.Touch(ctx, id, t)
+}
+
+func TestSubscribeWhenTheChannelExpiresMeanwhile(t *testing.T) {
+	store := &expiringStore{MemoryStore: sessionpush.NewMemoryStore()}
+	a := newApp(t, func(c *sessionpush.Config) { c.Store = store })
+	b := a.browser().login("alice")
+	s1 := b.subscribe()
+	store.expire = s1.Channel
+	s2 := b.subscribe()
+	if s2.Channel == s1.Channel {
+		t.Fatal("/subscribe returned a channel that expired meanwhile")
+	}
+	if _, ok, _ := store.Get(context.Background(), s2.Channel); !ok {
+		t.Fatal("the new channel is not recorded")
+	}
+}

@@ -340,11 +340,12 @@ func (s *Store) All(ctx context.Context) iter.Seq2[sessionpush.Record, error] {
 
 // Touch implements [sessionpush.Store]. A channel that is not recorded
 // stays so.
-func (s *Store) Touch(ctx context.Context, id string, t time.Time) error {
-	if err := touchScript.Run(ctx, s.client, []string{s.channelKey(id)}, encodeTime(t)).Err(); err != nil {
-		return fmt.Errorf("redisstore: touch %s: %w", id, err)
+func (s *Store) Touch(ctx context.Context, id string, t time.Time) (bool, error) {
+	n, err := touchScript.Run(ctx, s.client, []string{s.channelKey(id)}, encodeTime(t)).Int()
+	if err != nil {
+		return false, fmt.Errorf("redisstore: touch %s: %w", id, err)
 	}
-	return nil
+	return n == 1, nil
 }
 
 // Remove implements [sessionpush.Store]. Deleting the record and dropping

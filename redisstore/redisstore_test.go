@@ -193,7 +193,7 @@ func TestKeyLayout(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if err := s.Touch(ctx, "a", t0); err != nil { // must not bring back a partial hash
+			if _, err := s.Touch(ctx, "a", t0); err != nil { // must not bring back a partial hash
 				t.Fatal(err)
 			}
 			if got := keys(t, client, ""); len(got) != 0 {
@@ -345,7 +345,7 @@ func TestManagerExpiresIdleChannels(t *testing.T) {
 	if rec, ok, err := store.Get(ctx, idle); !ok || err != nil || rec.User != "alice" || time.Since(rec.LastSeen) > time.Minute {
 		t.Fatalf("store after /subscribe: %+v, %v, %v", rec, ok, err)
 	}
-	if err := store.Touch(ctx, idle, time.Now().Add(-time.Hour)); err != nil {
+	if _, err := store.Touch(ctx, idle, time.Now().Add(-time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 
@@ -496,7 +496,7 @@ func TestRedisDownAndBack(t *testing.T) {
 			}
 			return nil
 		},
-		"Touch":  func(ctx context.Context) error { return s.Touch(ctx, "a", time.Now()) },
+		"Touch":  func(ctx context.Context) error { _, err := s.Touch(ctx, "a", time.Now()); return err },
 		"Remove": func(ctx context.Context) error { _, err := s.Remove(ctx, "a"); return err },
 	}
 	for _, name := range slices.Sorted(maps.Keys(calls)) {
@@ -519,7 +519,7 @@ func TestRedisDownAndBack(t *testing.T) {
 	if err := s.Add(ctx, rec); err != nil { // runs its script again after NOSCRIPT
 		t.Fatalf("Add after the restart = %v", err)
 	}
-	if err := s.Touch(ctx, "a", rec.LastSeen.Add(time.Second)); err != nil {
+	if found, err := s.Touch(ctx, "a", rec.LastSeen.Add(time.Second)); !found || err != nil {
 		t.Fatalf("Touch after the restart = %v", err)
 	}
 	if recs, err := s.ByUser(ctx, "alice"); len(recs) != 1 || err != nil {

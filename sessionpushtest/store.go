@@ -66,8 +66,8 @@ var storeTests = []struct {
 		if removed, err := c.s.Remove(c.ctx, "missing"); removed || err != nil {
 			t.Errorf("Remove(missing) = %v, %v; want false and no error", removed, err)
 		}
-		if err := c.s.Touch(c.ctx, "missing", t0); err != nil {
-			t.Errorf("Touch(missing) = %v; want no error", err)
+		if found, err := c.s.Touch(c.ctx, "missing", t0); found || err != nil {
+			t.Errorf("Touch(missing) = %v, %v; want false and no error", found, err)
 		}
 		c.wantAll(nil)
 	}},
@@ -132,8 +132,8 @@ var storeTests = []struct {
 		c.add(a)
 		c.add(b)
 		later := t0.Add(time.Hour + 123*time.Millisecond)
-		if err := c.s.Touch(c.ctx, "a", later); err != nil {
-			t.Fatalf("Touch(a) = %v", err)
+		if found, err := c.s.Touch(c.ctx, "a", later); !found || err != nil {
+			t.Fatalf("Touch(a) = %v, %v; want true", found, err)
 		}
 		a.LastSeen = later
 		c.wantGet(a)
@@ -142,14 +142,14 @@ var storeTests = []struct {
 	}},
 
 	{"TouchOfMissingAddsNothing", func(t *testing.T, c storeChecker) {
-		if err := c.s.Touch(c.ctx, "never", t0); err != nil {
-			t.Fatalf("Touch(never added) = %v", err)
+		if found, err := c.s.Touch(c.ctx, "never", t0); found || err != nil {
+			t.Fatalf("Touch(never added) = %v, %v", found, err)
 		}
 		c.wantGone("never", "")
 		c.add(rec("a", "alice", t0, t0))
 		c.remove("a", true)
-		if err := c.s.Touch(c.ctx, "a", t0.Add(time.Hour)); err != nil {
-			t.Fatalf("Touch(removed) = %v", err)
+		if found, err := c.s.Touch(c.ctx, "a", t0.Add(time.Hour)); found || err != nil {
+			t.Fatalf("Touch(removed) = %v, %v", found, err)
 		}
 		c.wantGone("a", "alice")
 		c.wantAll(nil)
@@ -383,8 +383,8 @@ var storeTests = []struct {
 		c.wantByUser("u", recs...)
 		c.wantAll(recs)
 		touched := t0.Add(90*time.Minute + 7*time.Millisecond + 3*time.Microsecond)
-		if err := c.s.Touch(c.ctx, "ns", touched); err != nil {
-			t.Fatal(err)
+		if found, err := c.s.Touch(c.ctx, "ns", touched); !found || err != nil {
+			t.Fatalf("Touch(ns) = %v, %v", found, err)
 		}
 		recs[0].LastSeen = touched
 		c.wantGet(recs[0])

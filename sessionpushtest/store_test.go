@@ -154,9 +154,9 @@ func (s *flawedStore) All(ctx context.Context) iter.Seq2[sessionpush.Record, err
 	return all
 }
 
-func (s *flawedStore) Touch(ctx context.Context, id string, t time.Time) error {
+func (s *flawedStore) Touch(ctx context.Context, id string, t time.Time) (bool, error) {
 	if _, ok, _ := s.MemoryStore.Get(ctx, id); !ok && s.flaw == "touch-resurrects" {
-		return s.MemoryStore.Add(ctx, sessionpush.Record{ID: id, LastSeen: t})
+		return false, s.MemoryStore.Add(ctx, sessionpush.Record{ID: id, LastSeen: t})
 	}
 	return s.MemoryStore.Touch(ctx, id, t)
 }
