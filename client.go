@@ -20,9 +20,10 @@ var clientETag = func() string {
 // ClientHandler returns a handler that serves the browser client, one
 // dependency-free script (conventionally at /sessionpush.js). It defines
 // SessionPush.connect, which calls /subscribe, listens on the returned URL
-// (EventSource, or long-poll where EventSource fails), resumes from the last
-// message id after every reconnect, calls /subscribe again after a 403 or
-// 410, and backs off with jitter:
+// with the first transport that works (WebSocket, EventSource, long-poll, in
+// the order of its transports option), resumes from the last message id
+// after every reconnect, calls /subscribe again after a 403, a 410 or a
+// WebSocket close 1001, and backs off with jitter:
 //
 //	<script src="/sessionpush.js"></script>
 //	<script>

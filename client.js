@@ -2,7 +2,7 @@
 //
 //   const sub = SessionPush.connect({
 //     subscribeURL: '/subscribe',              // answers {channel, cursor, url}
-//     transports: ['eventsource', 'longpoll'], // in order of preference
+//     transports: ['websocket', 'eventsource', 'longpoll'], // in order of preference
 //     events: [],               // EventSource event names to receive besides unnamed ones
 //     minDelay: 500, maxDelay: 15000,          // backoff after errors, in ms
 //     onMessage(m) {},     // m: {data, text, id, event, channel}; data is the parsed JSON, else the text
@@ -14,17 +14,24 @@
 //
 // It asks subscribeURL (with the session cookie) which channel to listen to,
 // then listens on the URL it names, resuming after the last message seen, so
-// nothing is lost or repeated across reconnects. When the channel ends (410)
-// or is refused (403) it asks subscribeURL again: the same channel resumes
-// where it was, a new one from its cursor. The wire format is Nchan's, so the
-// client works unchanged against the embedded relay or Nchan.
+// nothing is lost or repeated across reconnects while the relay keeps the
+// messages. When the channel ends (410, WebSocket close 1001) or is refused
+// (403, a failed handshake) it asks subscribeURL again: the same channel
+// resumes where it was, a new one (or one the relay lost and opened anew)
+// from its cursor. A transport that fails twice in a row before opening
+// gives way to the next one. The wire format is Nchan's (WebSocket with its
+// ws+meta.nchan subprotocol, for the ids), so the client works unchanged
+// against the embedded relay or Nchan. Bodies are delivered as text: the
+// kit is for JSON and text messages.
 (function (root) {
   'use strict';
+
+  const META = 'ws+meta.nchan'; // WebSocket frames with "id:" and "content-type:" lines
 
   function connect(options) {
     const opts = Object.assign({
       subscribeURL: '/subscribe',
-      transports: ['eventsource', 'longpoll'],
+      transports: ['websocket', 'eventsource', 'longpoll'],
       events: [],
       minDelay: 500,
       maxDelay: 15000,
@@ -32,8 +39,16 @@
       onState() {},
       onError() {},
     }, options);
-    const transports = opts.transports.filter((t) => t === 'longpoll' ||
-      (t === 'eventsource' && typeof root.EventSource === 'function'));
+    const listen = {websocket: webSocket, eventsource: eventSource, longpoll: longPoll};
+    const usable = {
+      websocket: typeof root.WebSocket === 'function',
+      eventsource: typeof root.EventSource === 'function',
+      longpoll: true,
+    };
+    for (const t of opts.transports) {
+      if (!listen[t]) throw new Error('SessionPush: unknown transport ' + t);
+    }
+    const transports = opts.transports.filter((t) => usable[t]);
     if (transports.length === 0) throw new Error('SessionPush: no usable transport');
 
     let closed = false;
@@ -41,9 +56,9 @@
     let lastId = '';    // where to resume: the last message's id, else the cursor
     let transport = 0;  // index in transports
     let failures = 0;   // errors in a row, for the backoff
-    let unopened = 0;   // EventSources in a row that never opened
+    let unopened = 0;   // streams in a row that never opened
     let timer = null;
-    let es = null;
+    let stream = null;  // the open EventSource or WebSocket
     let aborter = null;
 
     const state = (s, info) => { if (!closed) opts.onState(s, info || {}); };
@@ -56,6 +71,11 @@
       const delay = Math.round(max / 2 + Math.random() * max / 2);
       state('reconnecting', {delay});
       timer = setTimeout(fn, delay);
+    }
+
+    function opened(name) {
+      failures = unopened = 0;
+      state('open', {transport: name, channel: sub.channel});
     }
 
     function request(url, init) {
@@ -78,42 +98,93 @@
         return later(subscribe, err);
       }
       if (closed) return;
-      if (!sub || next.channel !== sub.channel || !lastId) lastId = next.cursor || '';
+      // A new channel, or one whose newest message is older than ours (the
+      // relay lost it and opened it anew, e.g. after a restart): start from
+      // its cursor. Otherwise resume after the last message seen.
+      if (!sub || next.channel !== sub.channel || !lastId || older(next.cursor, lastId)) lastId = next.cursor || '';
       sub = next;
-      if (transports[transport] === 'eventsource') return eventSource();
-      state('open', {transport: 'longpoll', channel: sub.channel});
-      poll(lastId ? {'Last-Event-ID': lastId} : {});
+      try {
+        listen[transports[transport]]();
+      } catch (err) { // e.g. a URL that WebSocket refuses
+        opts.onError(err);
+        streamEnded(false);
+      }
+    }
+
+    // streamEnded follows the end of an EventSource or WebSocket: ask
+    // subscribeURL again, and fall back to the next transport when this one
+    // keeps failing to open.
+    function streamEnded(wasOpen) {
+      stream = null;
+      if (!wasOpen && ++unopened >= 2 && transport < transports.length - 1) {
+        transport++;
+        unopened = 0;
+      }
+      later(subscribe);
+    }
+
+    function withPosition(url) {
+      return lastId ? url + (url.includes('?') ? '&' : '?') + 'last_event_id=' + encodeURIComponent(lastId) : url;
+    }
+
+    function webSocket() {
+      const url = new URL(withPosition(sub.url), root.location && root.location.href);
+      url.protocol = url.protocol.replace(/^http/, 'ws');
+      let open = false;
+      const ws = stream = new root.WebSocket(url.href, META);
+      ws.binaryType = 'arraybuffer';
+      ws.onopen = () => {
+        open = true;
+        opened('websocket');
+      };
+      ws.onmessage = (e) => {
+        let frame = typeof e.data === 'string' ? e.data : new TextDecoder().decode(e.data);
+        let id = '', type = '';
+        if (ws.protocol === META) {
+          const end = frame.indexOf('\n\n');
+          for (const line of frame.slice(0, Math.max(end, 0)).split('\n')) {
+            const [, key, value] = /^([^:]*): ?(.*)$/.exec(line) || [];
+            if (key === 'id') id = value;
+            else if (key === 'content-type') type = value;
+          }
+          frame = end < 0 ? frame : frame.slice(end + 2);
+        }
+        if (id) lastId = id;
+        deliver(frame, id, 'message', !type || /json/i.test(type));
+      };
+      // Closed by the relay (1001 "410 Gone": the channel ended), by the
+      // network, or refused at the handshake (403): the browser does not
+      // tell which. onerror always comes with onclose.
+      ws.onclose = () => {
+        if (stream === ws) streamEnded(open);
+      };
     }
 
     function eventSource() {
-      let url = sub.url;
-      if (lastId) url += (url.includes('?') ? '&' : '?') + 'last_event_id=' + encodeURIComponent(lastId);
-      let opened = false;
+      let open = false;
       const onEvent = (e) => {
         if (e.lastEventId) lastId = e.lastEventId;
         deliver(e.data, e.lastEventId, e.type, true);
       };
-      es = new root.EventSource(url);
+      const es = stream = new root.EventSource(withPosition(sub.url));
       es.onopen = () => {
-        opened = true;
-        failures = unopened = 0;
-        state('open', {transport: 'eventsource', channel: sub.channel});
+        open = true;
+        opened('eventsource');
       };
       es.onmessage = onEvent;
       for (const name of opts.events) es.addEventListener(name, onEvent);
       es.onerror = () => {
         // The stream ended or was refused; EventSource does not say which.
         // Rather than let the browser retry the same channel, ask which
-        // channel to listen to and resume after lastId. Fall back to the
-        // next transport when EventSource keeps failing to open.
+        // channel to listen to and resume after lastId.
         es.close();
-        es = null;
-        if (!opened && ++unopened >= 2 && transport < transports.length - 1) {
-          transport++;
-          unopened = 0;
-        }
-        later(subscribe);
+        streamEnded(open);
       };
+    }
+
+    function longPoll() {
+      opened('longpoll');
+      poll(lastId ? {'Last-Event-ID': lastId} : {});
     }
 
     async function poll(headers) {
@@ -126,8 +197,8 @@
       }
       if (closed) return;
       const status = res.status;
+      if (failures && (status === 200 || status === 304 || status === 408)) opened('longpoll'); // back after errors
       if (status === 200) {
-        failures = 0;
         const modified = res.headers.get('Last-Modified');
         const etag = res.headers.get('Etag');
         const type = res.headers.get('Content-Type');
@@ -138,8 +209,7 @@
         // Walk on from this message, as Nchan expects.
         poll(id ? {'If-Modified-Since': modified, 'If-None-Match': etag} : lastId ? {'Last-Event-ID': lastId} : {});
       } else if (status === 304 || status === 408) {
-        failures = 0; // the poll timed out: ask again at once
-        poll(headers);
+        poll(headers); // the poll timed out: ask again at once
       } else if (status >= 500 || status === 429) {
         later(() => poll(headers), new Error('SessionPush: listening: HTTP ' + status));
       } else if (status === 403 || status === 410) {
@@ -168,13 +238,20 @@
       if (closed) return;
       closed = true;
       clearTimeout(timer);
-      if (es) es.close();
+      if (stream) stream.close();
       if (aborter) aborter.abort();
       opts.onState('closed', {});
     }
 
     subscribe();
     return {close};
+  }
+
+  // older reports whether message id a ("<seconds>:<tag>") comes before b;
+  // false when either is not such an id.
+  function older(a, b) {
+    const x = /^(\d+):(\d+)$/.exec(a || ''), y = /^(\d+):(\d+)$/.exec(b);
+    return !!(x && y) && (+x[1] < +y[1] || (+x[1] === +y[1] && +x[2] < +y[2]));
   }
 
   const SessionPush = {connect};

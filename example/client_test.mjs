@@ -1,5 +1,6 @@
-// Tests of client.js: against a scripted fake network, then against the
-// example server itself (long-poll; Node has no EventSource). Run with
+// Tests of client.js: against a scripted fake network (fetch, EventSource,
+// WebSocket), then against the example server itself (long-poll; Node 20
+// has no EventSource or WebSocket; e2e/ runs all three in Chromium). Run with
 // node --test example/
 import {test} from 'node:test';
 import assert from 'node:assert/strict';
@@ -25,6 +26,7 @@ function fakeNet() {
       respond(status, body = null, headers = {}) {
         resolve(new Response(status === 304 ? null : body, {status, headers}));
       },
+      reject,
     };
     init.signal?.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError')));
     if (takers.length) takers.shift()(req);
@@ -50,6 +52,42 @@ class FakeEventSource {
   }
   addEventListener(name, fn) { this['on' + name] = fn; }
   close() { this.closed = true; }
+}
+
+// FakeWebSocket records the WebSockets the client opens; the test plays
+// the server by setting protocol and calling onopen, onmessage, onclose.
+class FakeWebSocket {
+  static opened = [];
+  static takers = [];
+  static next() {
+    return FakeWebSocket.opened.length
+      ? Promise.resolve(FakeWebSocket.opened.shift())
+      : new Promise((r) => FakeWebSocket.takers.push(r));
+  }
+  constructor(url, protocols) {
+    this.url = url;
+    this.protocols = protocols;
+    this.protocol = '';
+    this.closed = false;
+    if (FakeWebSocket.takers.length) FakeWebSocket.takers.shift()(this);
+    else FakeWebSocket.opened.push(this);
+  }
+  close() { this.closed = true; }
+}
+
+// withGlobals runs fn with globalThis' properties set as given, then puts
+// back what was there (Node 22 has a WebSocket of its own).
+async function withGlobals(globals, fn) {
+  const saved = Object.fromEntries(Object.keys(globals).map((k) => [k, Object.getOwnPropertyDescriptor(globalThis, k)]));
+  Object.assign(globalThis, globals);
+  try {
+    await fn();
+  } finally {
+    for (const [k, d] of Object.entries(saved)) {
+      if (d) Object.defineProperty(globalThis, k, d);
+      else delete globalThis[k];
+    }
+  }
 }
 
 const json = {'Content-Type': 'application/json'};
@@ -116,7 +154,7 @@ test('eventsource: resumes with last_event_id, falls back to long-poll', async (
   const net = fakeNet();
   globalThis.EventSource = FakeEventSource;
   try {
-    const {sub, messages, states} = start({events: ['upd']});
+    const {sub, messages, states} = start({transports: ['eventsource', 'longpoll'], events: ['upd']});
 
     await expectSubscribe(net, {channel: 'c1', cursor: '100:0', url: '/sub/c1'});
     const es1 = await FakeEventSource.next();
@@ -147,6 +185,115 @@ test('eventsource: resumes with last_event_id, falls back to long-poll', async (
   } finally {
     delete globalThis.EventSource;
   }
+});
+
+test('websocket: ws+meta.nchan ids, resumes after close 1001, falls back after failed handshakes', async () => {
+  const net = fakeNet();
+  await withGlobals({WebSocket: FakeWebSocket, EventSource: FakeEventSource, location: {href: 'http://example.test/app/'}}, async () => {
+    const {sub, messages, states} = start({}); // the default order: websocket first
+
+    await expectSubscribe(net, {channel: 'c1', cursor: '100:0', url: '/sub/c1'});
+    const ws1 = await FakeWebSocket.next();
+    assert.equal(ws1.url, 'ws://example.test/sub/c1?last_event_id=100%3A0');
+    assert.equal(ws1.protocols, 'ws+meta.nchan');
+    ws1.protocol = 'ws+meta.nchan'; // the server took the subprotocol
+    ws1.onopen();
+    ws1.onmessage({data: 'id: 100:1\ncontent-type: application/json\n\n{"x":1}'});
+    ws1.onmessage({data: 'id: 100:2\n\ntwo\n\nparagraphs'}); // no type: JSON if it parses
+    ws1.onmessage({data: new TextEncoder().encode('id: 100:3\ncontent-type: text/plain\n\n{"as":"text"}').buffer});
+    ws1.onmessage({data: 'id: 100:4\n\n'}); // an empty message
+    ws1.onclose({code: 1001, reason: '410 Gone'}); // the channel ended, or the relay stopped
+
+    await expectSubscribe(net, {channel: 'c1', cursor: '100:4', url: '/sub/c1'});
+    const ws2 = await FakeWebSocket.next();
+    assert.equal(ws2.url, 'ws://example.test/sub/c1?last_event_id=100%3A4');
+    ws2.onclose({code: 1006, reason: ''}); // a failed handshake (403), once...
+
+    await expectSubscribe(net, {channel: 'c1', cursor: '100:4', url: '/sub/c1'});
+    (await FakeWebSocket.next()).onclose({code: 1006, reason: ''}); // ...twice: try EventSource
+
+    await expectSubscribe(net, {channel: 'c1', cursor: '100:4', url: '/sub/c1'});
+    const es = await FakeEventSource.next();
+    assert.equal(es.url, '/sub/c1?last_event_id=100%3A4');
+    sub.close();
+
+    assert.deepEqual(messages.map((m) => [m.data, m.text, m.id, m.event]), [
+      [{x: 1}, '{"x":1}', '100:1', 'message'],
+      ['two\n\nparagraphs', 'two\n\nparagraphs', '100:2', 'message'],
+      ['{"as":"text"}', '{"as":"text"}', '100:3', 'message'],
+      ['', '', '100:4', 'message'],
+    ]);
+    assert.deepEqual(states.filter((s) => s === 'open').length, 1);
+  });
+});
+
+test('websocket: https becomes wss; without ws+meta.nchan, frames are bodies', async () => {
+  const net = fakeNet();
+  await withGlobals({WebSocket: FakeWebSocket, location: {href: 'https://example.test/'}}, async () => {
+    const {sub, messages, states} = start({transports: ['websocket']});
+    await expectSubscribe(net, {channel: 'c1', cursor: '100:0', url: '/sub/c1?x=1'});
+    const ws1 = await FakeWebSocket.next();
+    assert.equal(ws1.url, 'wss://example.test/sub/c1?x=1&last_event_id=100%3A0');
+    ws1.onopen(); // protocol '': the server ignored the subprotocol
+    ws1.onmessage({data: 'id: 100:1\n\n"body"'});
+    ws1.onclose({code: 1006});
+
+    // No id was learnt: resume from the same place, on an absolute URL.
+    await expectSubscribe(net, {channel: 'c1', cursor: '100:1', url: 'http://push.example.test/sub/c1'});
+    const ws2 = await FakeWebSocket.next();
+    assert.equal(ws2.url, 'ws://push.example.test/sub/c1?last_event_id=100%3A0');
+    ws2.onopen();
+    sub.close();
+    assert.ok(ws2.closed);
+    assert.deepEqual(messages.map((m) => [m.text, m.id]), [['id: 100:1\n\n"body"', null]]);
+    assert.deepEqual(states.filter((s) => s === 'open').length, 2);
+  });
+});
+
+test('a channel that the relay lost and opened anew resumes from its cursor', async () => {
+  const net = fakeNet();
+  const {sub, messages} = start({transports: ['longpoll']});
+  await expectSubscribe(net, {channel: 'c1', cursor: '200:0', url: '/sub/c1'});
+  (await expectPoll(net, '/sub/c1', {'last-event-id': '200:0'}))
+    .respond(200, '"a"', {'Last-Modified': at(201), Etag: '4'});
+  (await expectPoll(net, '/sub/c1', {'if-modified-since': at(201), 'if-none-match': '4'})).respond(410);
+  // The relay restarted: the same channel, empty. 201:4 would skip its
+  // first messages if they came within that second.
+  await expectSubscribe(net, {channel: 'c1', cursor: '0:0', url: '/sub/c1'});
+  await expectPoll(net, '/sub/c1', {'last-event-id': '0:0'});
+  sub.close();
+  assert.deepEqual(messages.map((m) => m.id), ['201:4']);
+});
+
+test('long-poll: back to open after network errors', async () => {
+  const net = fakeNet();
+  const {sub, states} = start({transports: ['longpoll']});
+  await expectSubscribe(net, {channel: 'c1', cursor: '0:0', url: '/sub/c1'});
+  const first = await expectPoll(net, '/sub/c1', {'last-event-id': '0:0'});
+  first.reject(new TypeError('network error'));
+  (await expectPoll(net, '/sub/c1', {'last-event-id': '0:0'})).respond(408);
+  await expectPoll(net, '/sub/c1', {'last-event-id': '0:0'});
+  sub.close();
+  assert.deepEqual(states, ['connecting', 'open', 'reconnecting', 'open', 'closed']);
+});
+
+test('a WebSocket that cannot be made counts as a failed handshake', async () => {
+  const net = fakeNet();
+  class Refusing { constructor() { throw new SyntaxError('bad URL'); } }
+  const errors = [];
+  await withGlobals({WebSocket: Refusing, location: {href: 'http://example.test/'}}, async () => {
+    const {sub} = start({transports: ['websocket', 'longpoll'], onError: (e) => errors.push(e)});
+    await expectSubscribe(net, {channel: 'c1', cursor: '0:0', url: '/sub/c1'});
+    await expectSubscribe(net, {channel: 'c1', cursor: '0:0', url: '/sub/c1'});
+    await expectSubscribe(net, {channel: 'c1', cursor: '0:0', url: '/sub/c1'});
+    await expectPoll(net, '/sub/c1', {'last-event-id': '0:0'}); // fell back
+    sub.close();
+  });
+  assert.deepEqual(errors.map(String), ['SyntaxError: bad URL', 'SyntaxError: bad URL']);
+});
+
+test('unknown transports are refused', () => {
+  assert.throws(() => SessionPush.connect({transports: ['carrier-pigeon']}), /unknown transport carrier-pigeon/);
 });
 
 test('signed out: 401 from /subscribe stops the client', async () => {

@@ -1,6 +1,6 @@
 // Command example is a small application that shows sessionpush at work:
 // sign in with any name, and the page shows, live, what you push to yourself
-// and what anyone broadcasts, over EventSource or long-poll.
+// and what anyone broadcasts, over WebSocket, EventSource or long-poll.
 //
 //	go run ./example                        # then open http://127.0.0.1:8080
 //	go run ./example -addr 127.0.0.1:9000 -debug
@@ -12,15 +12,18 @@
 //	go run ./example -publish-url 'http://127.0.0.1:8081/pub/{channel}' -subscribe-url '/sub/{channel}'
 //	nginx -e stderr -p "$(mktemp -d)" -c "$PWD/example/nginx/nginx.conf"   # then open http://127.0.0.1:8081
 //
-// Sessions live in cookies signed with a key made at start, so they end when
-// the program does.
+// Sessions live in cookies signed with -session-key (64 hex digits), or
+// SESSIONPUSH_SESSION_KEY when the flag is absent; without either, with a
+// key made at start, so that they end when the program does. A session that
+// outlives a restart keeps its channel ID: its next /subscribe opens that
+// channel again on the (new, empty) embedded relay.
 //
 // Routes:
 //
 //	POST /login          form user=<name>: sign in, 303 to /
 //	POST /logout         close the channel, clear the session, 303 to /
 //	GET|POST /subscribe  open the session's channel: {"channel","cursor","url"}
-//	GET /sub/{channel}   listen (EventSource or long-poll); 404 with -publish-url
+//	GET /sub/{channel}   listen (WebSocket, EventSource or long-poll); 404 with -publish-url
 //	GET /authorize       for nchan_authorize_request: 204 if the session owns the channel
 //	POST /push           push the JSON body to your own channel
 //	POST /broadcast      push the JSON body to every open channel: {"sent":N}
@@ -31,6 +34,7 @@ package main
 import (
 	"context"
 	"embed"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -90,6 +94,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	publishURL := fs.String("publish-url", "", "publish to the Nchan publisher `URL` with {channel}, e.g. http://127.0.0.1:8081/pub/{channel}")
 	// Config.SubscriberURL: where /subscribe sends the page to listen.
 	subscribeURL := fs.String("subscribe-url", "", "the listening `URL` with {channel} that /subscribe returns, relative to the page or absolute (default /sub/{channel})")
+	sessionKey := fs.String("session-key", "", "sign session cookies with this `key` of 64 hex digits, so that sessions survive a restart (default $"+sessionKeyEnv+", else a random key)")
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 		return nil
 	} else if err != nil {
@@ -101,8 +106,18 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stdout, &slog.HandlerOptions{Level: level}))
 
-	store := newSessionStore(*secure)
-	log.Info("session cookies are signed with a key made at start: sessions do not survive a restart")
+	if *sessionKey == "" {
+		*sessionKey = os.Getenv(sessionKeyEnv)
+	}
+	key, err := parseSessionKey(*sessionKey)
+	if err != nil {
+		return err
+	}
+	if key == nil {
+		key = securecookie.GenerateRandomKey(32)
+		log.Info("session cookies are signed with a key made at start: sessions do not survive a restart (see -session-key)")
+	}
+	store := newSessionStoreWithKey(key, *secure)
 	cfg := sessionpush.Config{Sessions: store, Logger: log, SubscriberURL: *subscribeURL}
 	if *publishURL != "" {
 		nc, err := nchan.New(*publishURL, nchan.Options{Logger: log})
@@ -160,10 +175,33 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	return err
 }
 
+// sessionKeyEnv names the environment variable that gives the session key
+// when -session-key is absent.
+const sessionKeyEnv = "SESSIONPUSH_SESSION_KEY"
+
+// parseSessionKey decodes a session key of 64 hex digits (32 bytes, the
+// HMAC-SHA256 key of the cookies); empty gives nil.
+func parseSessionKey(s string) ([]byte, error) {
+	if s == "" {
+		return nil, nil
+	}
+	key, err := hex.DecodeString(s)
+	if err != nil || len(key) != 32 {
+		return nil, errors.New("-session-key (or " + sessionKeyEnv + "): want 64 hex digits")
+	}
+	return key, nil
+}
+
 // newSessionStore returns the cookie store of the example's sessions, signed
 // with a random key.
 func newSessionStore(secure bool) *sessions.CookieStore {
-	store := sessions.NewCookieStore(securecookie.GenerateRandomKey(32))
+	return newSessionStoreWithKey(securecookie.GenerateRandomKey(32), secure)
+}
+
+// newSessionStoreWithKey returns the cookie store of the example's
+// sessions, signed with key.
+func newSessionStoreWithKey(key []byte, secure bool) *sessions.CookieStore {
+	store := sessions.NewCookieStore(key)
 	store.Options.HttpOnly = true                 // out of reach of scripts
 	store.Options.SameSite = http.SameSiteLaxMode // not sent on other sites' POSTs
 	store.Options.Secure = secure                 // plain http on 127.0.0.1 by default

@@ -1,0 +1,179 @@
+package e2e
+
+import (
+	"regexp"
+	"testing"
+)
+
+// Every test runs for each relay (embedded, nchan) and transport
+// (websocket, eventsource, longpoll): the page is opened with
+// ?transports=<transport>, so the client may use that one only, and the
+// state line must name it.
+
+// TestSignInAndPush: a person signs in, the page listens, and two pushes to
+// oneself show up in order, each with the message id that the transport
+// carried.
+func TestSignInAndPush(t *testing.T) {
+	eachRow(t, func(t *testing.T, relay, transport string) {
+		s := startSite(t, relay, "")
+		alice := newPerson(t, "alice")
+		alice.open(s.URL, transport)
+		alice.signIn("alice")
+		alice.listening(transport)
+
+		alice.push("first")
+		alice.expectMessages("push from alice: first")
+		alice.push("second")
+		alice.expectMessages("push from alice: first", "push from alice: second")
+
+		idLine := regexp.MustCompile(`^id (\d+):(\d+) · message · received `)
+		for _, m := range alice.messages() {
+			if !idLine.MatchString(m.Meta) {
+				t.Errorf("%q shows %q; want \"id <seconds>:<tag> · message · received …\"", m.Text, m.Meta)
+			}
+		}
+		alice.screenshot("")
+	})
+}
+
+// TestTwoUsers: alice and bob, each in a browser context of their own, get
+// only their own pushes; a broadcast reaches both.
+func TestTwoUsers(t *testing.T) {
+	eachRow(t, func(t *testing.T, relay, transport string) {
+		s := startSite(t, relay, "")
+		alice, bob := newPerson(t, "alice"), newPerson(t, "bob")
+		for _, p := range []*page{alice, bob} {
+			p.open(s.URL, transport)
+			p.signIn(p.name)
+		}
+		if a, b := alice.listening(transport), bob.listening(transport); a == b {
+			t.Fatalf("alice and bob both listen on channel %s", a)
+		}
+
+		alice.push("for alice")
+		alice.expectMessages("push from alice: for alice")
+		bob.push("for bob")
+		bob.expectMessages("push from bob: for bob")
+
+		// Each channel delivers in order, so had a push reached the other
+		// person, it would be listed before the broadcast.
+		alice.broadcast("for everyone")
+		alice.waitText("note", "Broadcast sent to 2 channel(s).")
+		alice.expectMessages("push from alice: for alice", "broadcast from alice: for everyone")
+		bob.expectMessages("push from bob: for bob", "broadcast from alice: for everyone")
+
+		alice.screenshot("alice")
+		bob.screenshot("bob")
+	})
+}
+
+// TestLogout: signing out in one tab ends the stream of another tab of the
+// same session: its client finds /subscribe answering 401 and says so.
+func TestLogout(t *testing.T) {
+	eachRow(t, func(t *testing.T, relay, transport string) {
+		s := startSite(t, relay, "")
+		alice := newPerson(t, "alice")
+		alice.open(s.URL, transport)
+		alice.signIn("alice")
+		channel := alice.listening(transport)
+		alice.push("before")
+		alice.expectMessages("push from alice: before")
+
+		other := alice.newTab("alice's other tab")
+		other.open(s.URL, transport)
+		other.waitText("user", "alice") // the same session
+		if c := other.listening(transport); c != channel {
+			t.Errorf("the other tab listens on %s; want the session's channel %s", c, channel)
+		}
+		other.signOut()
+
+		alice.waitText("state", "Signed out (in another tab?): reload the page.")
+		alice.push("after")
+		alice.waitPrefix("note", "Error: /push: 401")
+		alice.expectMessages("push from alice: before")
+		alice.screenshot("")
+	})
+}
+
+// TestRestart: the relay restarts (the program on the embedded relay,
+// nginx on Nchan). The page shows that it reconnects, reconnects by itself,
+// and then shows what is pushed. Both relays keep channels in memory, so a
+// restart loses every channel and buffered message: the session (its
+// cookie signed with -session-key) survives, and /subscribe opens its
+// channel again (embedded: the same ID, which the session names; Nchan: the
+// app sees its channel gone and binds a new one).
+func TestRestart(t *testing.T) {
+	eachRow(t, func(t *testing.T, relay, transport string) {
+		s := startSite(t, relay, "")
+		alice := newPerson(t, "alice")
+		alice.open(s.URL, transport)
+		alice.signIn("alice")
+		before := alice.listening(transport)
+		alice.push("before the restart")
+		alice.expectMessages("push from alice: before the restart")
+
+		s.stopRelay()
+		alice.waitPrefix("state", "Reconnecting in ")
+		s.startRelay()
+
+		after := alice.listening(transport)
+		switch {
+		case relay == "embedded" && after != before:
+			t.Errorf("after the restart: channel %s; want the session's channel %s again", after, before)
+		case relay == "nchan" && after == before:
+			t.Errorf("after the restart: channel %s again; want a new one (Nchan lost it)", after)
+		}
+		alice.push("after the restart")
+		alice.expectMessages("push from alice: before the restart", "push from alice: after the restart")
+		alice.waitText("user", "alice") // still signed in
+		alice.screenshot("")
+	})
+}
+
+// TestOutage: the relay keeps running while the network between the page
+// and the site drops. Messages pushed meanwhile (from another tab of the
+// same session, on another route) wait in the channel's buffer; the page
+// shows that it reconnects, and once the network is back it shows them, in
+// order, each once.
+func TestOutage(t *testing.T) {
+	eachRow(t, func(t *testing.T, relay, transport string) {
+		net := newNetwork(t)
+		s := startSite(t, relay, net.Addr()) // Nchan: WebSockets come from the network's origin
+		net.connect(s.URL[len("http://"):])
+
+		alice := newPerson(t, "alice")
+		alice.open("http://"+net.Addr(), transport)
+		alice.signIn("alice")
+		channel := alice.listening(transport)
+		alice.push("one")
+		alice.expectMessages("push from alice: one")
+
+		net.cut()
+		alice.waitPrefix("state", "Reconnecting in ")
+
+		// Another tab of the session, straight to the site; long-poll,
+		// which needs no Origin check.
+		phone := alice.newTab("alice's other tab")
+		phone.open(s.URL, "longpoll")
+		phone.waitText("user", "alice")
+		if c := phone.listening("longpoll"); c != channel {
+			t.Fatalf("the other tab listens on %s; want %s", c, channel)
+		}
+		phone.push("two")
+		phone.expectMessages("push from alice: two")
+		phone.push("three")
+		phone.expectMessages("push from alice: two", "push from alice: three")
+		alice.expectMessages("push from alice: one") // still cut off
+
+		net.restore()
+		alice.expectMessages("push from alice: one", "push from alice: two", "push from alice: three")
+		if c := alice.listening(transport); c != channel {
+			t.Errorf("after the outage: channel %s; want %s", c, channel)
+		}
+		// A message after the resumed ones comes next: nothing was
+		// delivered twice in between.
+		alice.push("four")
+		alice.expectMessages("push from alice: one", "push from alice: two", "push from alice: three", "push from alice: four")
+		alice.screenshot("")
+	})
+}

@@ -1,0 +1,18 @@
+// Package e2e holds the browser tests of sessionpush: the example app
+// (../example) driven in headless Chromium through chromedp, on the embedded
+// relay and on Nchan behind ../example/nginx/nginx.conf, over each transport
+// of the browser client (../client.js): websocket, eventsource, longpoll.
+//
+// It is a module of its own, so that chromedp stays out of the library's
+// dependencies; the repository's go.work makes `go test ./...` at the root
+// run it too. From the root:
+//
+//	go test ./e2e/                                     # every test, every relay and transport
+//	go test ./e2e/ -run 'TestTwoUsers/nchan/websocket' # one row
+//
+// The tests need Debian's chromium at /usr/bin/chromium and, for the Nchan
+// rows, nginx with libnginx-mod-nchan. Without them they skip, unless
+// SESSIONPUSH_REQUIRE_SERVERS=1 (as in .ci/run): then they fail. With
+// -short they skip. Each test leaves a screenshot of the page in
+// screenshots/ (ignored by git).
+package e2e
