@@ -52,9 +52,11 @@ import (
 
 	"github.com/gorilla/securecookie"
 	"github.com/gorilla/sessions"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/sessionpush/sessionpush"
 	"github.com/sessionpush/sessionpush/nchan"
+	"github.com/sessionpush/sessionpush/redisstore"
 )
 
 //go:embed index.html
@@ -94,6 +96,9 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	publishURL := fs.String("publish-url", "", "publish to the Nchan publisher `URL` with {channel}, e.g. http://127.0.0.1:8081/pub/{channel}")
 	// Config.SubscriberURL: where /subscribe sends the page to listen.
 	subscribeURL := fs.String("subscribe-url", "", "the listening `URL` with {channel} that /subscribe returns, relative to the page or absolute (default /sub/{channel})")
+	// Empty: the in-memory channel store. Else redisstore on this Redis,
+	// which several instances of the example can share.
+	redisAddr := fs.String("redis", "", "keep open channels in the Redis at `address` (host:port) instead of in memory")
 	sessionKey := fs.String("session-key", "", "sign session cookies with this `key` of 64 hex digits, so that sessions survive a restart (default $"+sessionKeyEnv+", else a random key)")
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 		return nil
@@ -127,6 +132,12 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		defer nc.CloseIdleConnections() // nginx's graceful stop waits for them
 		cfg.Relay = nc                  // SubscriberHandler answers 404: nginx serves /sub
 		log.Info("publishing to Nchan", "url", *publishURL)
+	}
+	if *redisAddr != "" {
+		rc := redis.NewClient(&redis.Options{Addr: *redisAddr})
+		defer rc.Close()
+		cfg.Store = redisstore.New(rc, redisstore.Options{})
+		log.Info("channel store on Redis", "addr", *redisAddr)
 	}
 	mgr, err := sessionpush.New(cfg)
 	if err != nil {

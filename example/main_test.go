@@ -515,6 +515,8 @@ func TestRunFlags(t *testing.T) {
 		{"-publish-url", "http://127.0.0.1:8081/pub"},
 		{"-publish-url", "/pub/{channel}"},
 		{"-subscribe-url", "/sub"},
+		{"-session-key", "abc"},
+		{"-session-key", strings.Repeat("g", 64)},
 	} {
 		if err := run(t.Context(), append(args, "-addr", "127.0.0.1:0"), io.Discard); err == nil {
 			t.Errorf("run %q: no error", args)
