@@ -86,7 +86,7 @@ func newApp(t *testing.T, mod func(*sessionpush.Config)) *app {
 	mux.HandleFunc("POST /push", func(w http.ResponseWriter, r *http.Request) {
 		ch := sessionpush.CurrentChannel(r)
 		if ch == nil {
-			http.Error(w, "not signed in", 401)
+			http.Error(w, "not signed in", http.StatusUnauthorized)
 			return
 		}
 		var v any
@@ -95,7 +95,7 @@ func newApp(t *testing.T, mod func(*sessionpush.Config)) *app {
 			return
 		}
 		if err := ch.PushJSON(r.Context(), v); err != nil {
-			http.Error(w, "push failed", 409)
+			http.Error(w, "push failed", http.StatusConflict)
 			return
 		}
 		w.WriteHeader(204)
