@@ -92,7 +92,9 @@ type Subscription struct {
 // It is idempotent: while the channel is open the same ID comes back with
 // a fresh cursor; when the relay reports the channel gone, a new channel is
 // bound, opened and returned. Concurrent calls of one session open one
-// channel. It works with or without the Middleware in front of it.
+// channel. It works with or without the Middleware in front of it. A POST
+// that a browser sends from another origin gets 403
+// ([http.CrossOriginProtection]).
 func (m *Manager) SubscribeHandler() http.Handler {
 	return http.HandlerFunc(m.serveSubscribe)
 }
@@ -101,6 +103,10 @@ func (m *Manager) serveSubscribe(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodPost {
 		w.Header().Set("Allow", "GET, POST")
 		m.fail(w, r, http.StatusMethodNotAllowed, fmt.Errorf("sessionpush: method %s on /subscribe", r.Method))
+		return
+	}
+	if err := crossOrigin.Check(r); err != nil {
+		m.fail(w, r, http.StatusForbidden, fmt.Errorf("sessionpush: /subscribe: %w", err))
 		return
 	}
 	ch, err := m.channel(w, r)
@@ -129,6 +135,11 @@ func (m *Manager) serveSubscribe(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(sub)
 }
+
+// crossOrigin refuses POSTs that a browser sends from another origin
+// (Sec-Fetch-Site, or Origin against Host); requests without those headers,
+// such as curl's, pass.
+var crossOrigin = http.NewCrossOriginProtection()
 
 // acceptsPlain reports whether an Accept header asks for text/plain rather
 // than JSON.

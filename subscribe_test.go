@@ -238,3 +238,23 @@ func TestSubscribeWhenTheChannelExpiresMeanwhile(t *testing.T) {
 		t.Fatal("the new channel is not recorded")
 	}
 }
+
+func TestSubscribeRefusesCrossOriginPosts(t *testing.T) {
+	a := newApp(t, nil)
+	b := a.browser().login("alice")
+	for name, tc := range map[string]struct {
+		hdr  []string
+		want int
+	}{
+		"cross-site":          {[]string{"Sec-Fetch-Site", "cross-site"}, 403},
+		"other origin":        {[]string{"Origin", "http://evil.example"}, 403},
+		"same-origin browser": {[]string{"Sec-Fetch-Site", "same-origin"}, 200},
+		"no browser headers":  {nil, 200},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if code := b.status("POST", "/subscribe", nil, tc.hdr...); code != tc.want {
+				t.Fatalf("POST /subscribe %v: %d, want %d", tc.hdr, code, tc.want)
+			}
+		})
+	}
+}

@@ -240,7 +240,10 @@ func newApp(mgr *sessionpush.Manager, store sessions.Store, log *slog.Logger) ht
 	mux.HandleFunc("POST /broadcast", a.broadcast)
 	mux.HandleFunc("GET /{$}", a.home)
 	mux.Handle("GET /client.js", sessionpush.ClientHandler())
-	return mgr.Middleware(mux)
+	// Browsers' cross-origin POSTs (sign-in, logout, push, broadcast) are
+	// refused: the session cookie is SameSite=Lax, and this checks
+	// Sec-Fetch-Site / Origin too. curl, which sends neither, passes.
+	return http.NewCrossOriginProtection().Handler(mgr.Middleware(mux))
 }
 
 // home renders the page: the sign-in form, or who you are and the live view.

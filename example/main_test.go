@@ -548,3 +548,23 @@ func TestAuthorize(t *testing.T) {
 		}
 	}
 }
+
+// TestCrossOriginRefused: a page on another origin cannot make the browser
+// sign in, sign out, push or broadcast; the same requests from the page's
+// own origin, or from curl, work.
+func TestCrossOriginRefused(t *testing.T) {
+	a := newTestApp(t)
+	b := a.browser(t)
+	for _, path := range []string{"/login", "/logout", "/push", "/broadcast", "/subscribe"} {
+		resp, _ := b.do("POST", path, "application/x-www-form-urlencoded", "user=mallory", "Sec-Fetch-Site", "cross-site")
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("cross-site POST %s: %s; want 403", path, resp.Status)
+		}
+	}
+	if resp, _ := b.do("POST", "/login", "application/x-www-form-urlencoded", "user=alice", "Sec-Fetch-Site", "same-origin"); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("same-origin sign-in: %s; want 303", resp.Status)
+	}
+	if resp, _ := b.postJSON("/push", `{"ok":true}`); resp.StatusCode == http.StatusForbidden {
+		t.Fatalf("push without browser headers: %s", resp.Status)
+	}
+}
