@@ -41,6 +41,12 @@ const (
 	DefaultConcurrency    = 16
 )
 
+// SuggestedBroadcastChannel is a broadcast channel ID for
+// Config.BroadcastChannel, the one that example/nginx/nginx.conf gives its
+// own subscriber location. Any canonical version-4 UUID will do; the ID is
+// no secret, since every signed-in session may listen to it.
+const SuggestedBroadcastChannel = "b0adca57-0000-4000-8000-000000000000"
+
 // Config configures a [Manager]. Only Sessions is required; every other
 // field has a useful zero value, given in its comment.
 type Config struct {
@@ -123,6 +129,34 @@ type Config struct {
 	// Concurrency bounds the relay requests that Broadcast and PushUser
 	// make at once. Zero means 16.
 	Concurrency int
+
+	// BroadcastChannel, if set, is the ID of a broadcast channel, a
+	// canonical lower-case version-4 UUID such as
+	// [SuggestedBroadcastChannel] (New returns an error for anything
+	// else). Every signed-in session may listen to it besides its own
+	// channel: SubscribeHandler opens it and adds it to its answer
+	// (Subscription.Broadcast), SubscriberHandler and AuthorizeHandler let
+	// any signed-in session listen to it, and [Manager.Broadcast] publishes
+	// once to it instead of to every open channel. It is no session
+	// channel: the Store never holds it, Push, Exists and CloseChannel do
+	// not know it, and ExpireIdle never closes it. Empty means no broadcast
+	// channel: Broadcast fans out to every open channel.
+	//
+	// The trade-off: a Broadcast costs one relay request however many
+	// listen, but each browser holds a second connection; broadcast
+	// messages have their own IDs and buffer (BufferLength messages for
+	// everybody), are not ordered relative to the session's own channel,
+	// and a listener that reconnects resumes the two streams separately.
+	//
+	// On the embedded relay, MaxListeners does not apply to it: whenever
+	// SubscribeHandler opens it, the Manager lifts its cap with
+	// [hub.Hub.SetMaxListeners](id, -1), on the relay that New builds and
+	// on any Config.Relay with that method (a *hub.Hub of your own, or a
+	// type that embeds one); a relay without it keeps its own cap. With
+	// Nchan, the nginx config needs a subscriber location of its own for
+	// this ID, with no listener cap (nchan_max_channel_subscribers 0): see
+	// the exact-match "location = /sub/<id>" in example/nginx/nginx.conf.
+	BroadcastChannel string
 }
 
 // ErrNoSessionStore is returned by [New] when Config.Sessions is nil.
@@ -145,6 +179,7 @@ type Manager struct {
 	maxSize       int
 	idle          time.Duration
 	concurrency   int
+	broadcast     string // Config.BroadcastChannel
 	now           func() time.Time
 }
 
@@ -167,10 +202,14 @@ func New(cfg Config) (*Manager, error) {
 		maxSize:       orInt(cfg.MaxMessageSize, DefaultMaxMessageSize),
 		idle:          cfg.IdleTimeout,
 		concurrency:   orInt(cfg.Concurrency, DefaultConcurrency),
+		broadcast:     cfg.BroadcastChannel,
 		now:           time.Now,
 	}
 	if !strings.Contains(m.subscriberURL, "{channel}") {
 		return nil, fmt.Errorf("sessionpush: Config.SubscriberURL %q has no {channel}", m.subscriberURL)
+	}
+	if m.broadcast != "" && !validChannelID(m.broadcast) {
+		return nil, fmt.Errorf("sessionpush: Config.BroadcastChannel %q: %w", clip(m.broadcast), ErrInvalidChannel)
 	}
 	if m.maxSize < 0 || m.concurrency < 0 {
 		return nil, errors.New("sessionpush: Config.MaxMessageSize and Config.Concurrency must not be negative")

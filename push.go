@@ -126,10 +126,26 @@ func (m *Manager) PushUser(ctx context.Context, user string, v any) (int, error)
 // most Config.Concurrency relay requests at once. It returns how many
 // channels received it and the failures joined with errors.Join; a channel
 // that closes meanwhile counts as neither.
+//
+// With Config.BroadcastChannel set, it publishes once, to the broadcast
+// channel, and the count means something else: the listeners that the
+// relay reports reaching (Receipt.Subscribers), not channels. A broadcast
+// channel that the relay does not have (nobody subscribed since the relay
+// started) gives 0 and no error: nobody can be listening to it.
 func (m *Manager) Broadcast(ctx context.Context, v any) (int, error) {
 	msg, err := m.encode(v)
 	if err != nil {
 		return 0, err
+	}
+	if m.broadcast != "" {
+		rc, err := m.relay.Publish(ctx, m.broadcast, msg)
+		switch {
+		case err == nil:
+			return rc.Subscribers, nil
+		case errors.Is(err, ErrChannelNotFound):
+			return 0, nil
+		}
+		return 0, fmt.Errorf("sessionpush: broadcast to %s: %w", m.broadcast, err)
 	}
 	return m.fanOut(ctx, msg, m.store.All(ctx))
 }

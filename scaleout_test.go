@@ -96,6 +96,17 @@ http {
       nchan_subscriber_first_message newest;
       nchan_authorize_request /authorize;
     }
+{{- if .Broadcast}}
+    location = /sub/{{.Broadcast}} {
+      nchan_subscriber eventsource longpoll;
+      nchan_channel_id {{.Broadcast}};
+      nchan_redis_pass nchan_redis;
+      nchan_subscribe_existing_channels_only on;
+      nchan_subscriber_first_message newest;
+      nchan_max_channel_subscribers 0;
+      nchan_authorize_request /authorize;
+    }
+{{- end}}
     location = /authorize {
       internal;
       proxy_pass http://app/authorize;
@@ -129,6 +140,8 @@ type scaleCluster struct {
 	cookieKey []byte // the session key both instances share
 	nodes     [2]*scaleNode
 	closes    *scaleCloses
+	publishes *scaleCloses // relay Publish calls, by channel
+	broadcast string       // Config.BroadcastChannel of both instances
 	serverLog scaleLog
 
 	mu        sync.Mutex
@@ -171,11 +184,18 @@ func (c *scaleCloses) of(channel string) []string {
 	return slices.Clone(c.by[channel])
 }
 
-// scaleRelay is an instance's nchan.Client that counts its Close calls.
+// scaleRelay is an instance's nchan.Client that counts its Close and
+// Publish calls.
 type scaleRelay struct {
 	relay.Relay
-	name   string
-	closes *scaleCloses
+	name      string
+	closes    *scaleCloses
+	publishes *scaleCloses
+}
+
+func (r *scaleRelay) Publish(ctx context.Context, channel string, m relay.Message) (relay.Receipt, error) {
+	r.publishes.add(r.name, channel)
+	return r.Relay.Publish(ctx, channel, m)
 }
 
 func (r *scaleRelay) Close(ctx context.Context, channel string) error {
@@ -187,6 +207,13 @@ func (r *scaleRelay) Close(ctx context.Context, channel string) error {
 // is stopped when the test ends, or earlier by close.
 func newScaleCluster(t *testing.T) *scaleCluster {
 	t.Helper()
+	return newScaleClusterWith(t, "")
+}
+
+// newScaleClusterWith is newScaleCluster with Config.BroadcastChannel set to
+// broadcast on both instances and its subscriber location on both nodes.
+func newScaleClusterWith(t *testing.T, broadcast string) *scaleCluster {
+	t.Helper()
 	servers.Require(t, "redis-server")
 	servers.Require(t, "nginx")
 	servers.Require(t, servers.NchanModule)
@@ -197,6 +224,8 @@ func newScaleCluster(t *testing.T) *scaleCluster {
 		prefix:    fmt.Sprintf("scaleout%d:", seq),
 		cookieKey: securecookie.GenerateRandomKey(32),
 		closes:    &scaleCloses{by: map[string][]string{}},
+		publishes: &scaleCloses{by: map[string][]string{}},
+		broadcast: broadcast,
 	}
 	t.Cleanup(c.close) // should setup fail half-way; runs again (as a no-op) below
 	for i, name := range []string{"A", "B"} {
@@ -208,6 +237,7 @@ func newScaleCluster(t *testing.T) *scaleCluster {
 				"App":       n.app.Listener.Addr().String(),
 				"Redis":     c.redis.Addr,
 				"Namespace": c.namespace,
+				"Broadcast": broadcast,
 			},
 			ReadyPath: scaleReadyPath,
 		})
@@ -262,11 +292,12 @@ func (c *scaleCluster) startInstance(t *testing.T, n *scaleNode) {
 	cookies.Options.HttpOnly, cookies.Options.SameSite = true, http.SameSiteLaxMode
 	store := redisstore.New(rdb, redisstore.Options{Prefix: c.prefix})
 	mgr, err := sessionpush.New(sessionpush.Config{
-		Sessions:    cookies,
-		Relay:       &scaleRelay{Relay: pub, name: n.name, closes: c.closes},
-		Store:       store,
-		Logger:      slog.New(slog.DiscardHandler),
-		IdleTimeout: time.Minute,
+		Sessions:         cookies,
+		Relay:            &scaleRelay{Relay: pub, name: n.name, closes: c.closes, publishes: c.publishes},
+		Store:            store,
+		Logger:           slog.New(slog.DiscardHandler),
+		IdleTimeout:      time.Minute,
+		BroadcastChannel: c.broadcast,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -816,6 +847,75 @@ func TestScaleOut(t *testing.T) {
 		}
 		c.quiet(t, append([]*scaleListener{lu1, lu2}, others...)...) // nobody else got it
 	})
+}
+
+// TestScaleOutBroadcastChannel sets Config.BroadcastChannel on both
+// instances, with its exact-match subscriber location on both nodes:
+// sessions signed in on either instance listen to it through either node,
+// and Broadcast from A is one publish that reaches all of them once, and
+// none of the sessions' own channels.
+func TestScaleOutBroadcastChannel(t *testing.T) {
+	bc := sessionpush.SuggestedBroadcastChannel
+	c := newScaleClusterWith(t, bc)
+	A, B := c.nodes[0], c.nodes[1]
+
+	type member struct {
+		b         *scaleBrowser
+		via       *scaleNode // the node it listens through
+		own, bcst *scaleListener
+	}
+	var members []member
+	for i, m := range []struct {
+		user    string
+		on, via *scaleNode
+	}{
+		{"alice", A, A}, {"bob", B, B}, {"carol", A, B}, {"dave", B, A},
+	} {
+		b := c.browser(m.user)
+		b.login(t, m.on, m.user)
+		sub := b.subscribe(t, m.on)
+		if sub.Broadcast == nil || sub.Broadcast.Channel != bc || sub.Broadcast.URL != "/sub/"+bc || sub.Broadcast.Cursor == "" {
+			t.Fatalf("%s: /subscribe on %s: broadcast %+v", m.user, m.on.name, sub.Broadcast)
+		}
+		members = append(members, member{
+			b:    b,
+			via:  m.via,
+			own:  c.mustListen(t, b, m.via, sub),
+			bcst: c.mustListen(t, b, m.via, *sub.Broadcast),
+		})
+		c.waitListeners(t, sub.Channel, 1)
+		c.waitListeners(t, bc, i+1)
+	}
+	if _, code := c.listen(t, c.browser("stranger"), A, sessionpush.Subscription{Channel: bc, URL: "/sub/" + bc, Cursor: relay.NoCursor}); code != http.StatusForbidden {
+		t.Errorf("broadcast channel without a session through nginx: %d, want 403", code)
+	}
+
+	before := len(c.publishes.of(bc))
+	n, err := A.mgr.Broadcast(scaleCtx(t, scaleWait), "to everybody")
+	if err != nil {
+		t.Fatalf("Broadcast from A: %v", err)
+	}
+	t.Logf("Broadcast from A: Nchan reports %d listeners reached", n)
+	if n != len(members) {
+		t.Errorf("Broadcast from A = %d, want the %d listeners", n, len(members))
+	}
+	if got := c.publishes.of(bc)[before:]; !slices.Equal(got, []string{"A"}) {
+		t.Errorf("relay Publish calls of one Broadcast: %q, want one by A", got)
+	}
+	for _, m := range members {
+		m.bcst.expect(t, scaleJSON("to everybody"))
+	}
+	// Exactly once: the next broadcast comes next; and the sessions' own
+	// channels got nothing: their markers come first.
+	if _, err := B.mgr.Broadcast(scaleCtx(t, scaleWait), "again"); err != nil {
+		t.Fatalf("Broadcast from B: %v", err)
+	}
+	var owns []*scaleListener
+	for _, m := range members {
+		m.bcst.expect(t, scaleJSON("again"))
+		owns = append(owns, m.own)
+	}
+	c.quiet(t, owns...)
 }
 
 // TestScaleOutRedisRestart stops the Redis behind both nodes and both

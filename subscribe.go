@@ -82,6 +82,10 @@ type Subscription struct {
 	Cursor string `json:"cursor"`
 	// URL is where to listen: Config.SubscriberURL for this channel.
 	URL string `json:"url"`
+	// Broadcast is the broadcast channel (Config.BroadcastChannel), to
+	// listen to on a connection of its own, with its own cursor; nil
+	// without one.
+	Broadcast *Subscription `json:"broadcast,omitempty"`
 }
 
 // SubscribeHandler returns the handler of /subscribe (GET or POST). It opens
@@ -119,6 +123,9 @@ func (m *Manager) serveSubscribe(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sub, err := m.open(w, r, ch)
+	if err == nil && m.broadcast != "" {
+		sub.Broadcast, err = m.openBroadcast(r.Context())
+	}
 	if err != nil {
 		m.fail(w, r, statusOf(err), err)
 		return
@@ -197,6 +204,29 @@ func (m *Manager) open(w http.ResponseWriter, r *http.Request, ch *Channel) (Sub
 	return m.subscription(ch.ID, cursor), nil
 }
 
+// listenerCapper is a relay whose per-channel listener cap can be changed,
+// as [hub.Hub.SetMaxListeners] does.
+type listenerCapper interface {
+	SetMaxListeners(channel string, n int) error
+}
+
+// openBroadcast opens the broadcast channel on the relay (idempotent) and
+// returns its subscription. On a relay with a per-channel listener cap (the
+// embedded relay), the channel gets no cap.
+func (m *Manager) openBroadcast(ctx context.Context) (*Subscription, error) {
+	cursor, err := m.relay.Open(ctx, m.broadcast)
+	if err != nil {
+		return nil, fmt.Errorf("sessionpush: relay open broadcast %s: %w", m.broadcast, err)
+	}
+	if c, ok := m.relay.(listenerCapper); ok {
+		if err := c.SetMaxListeners(m.broadcast, -1); err != nil {
+			return nil, fmt.Errorf("sessionpush: broadcast %s: %w", m.broadcast, err)
+		}
+	}
+	sub := m.subscription(m.broadcast, cursor)
+	return &sub, nil
+}
+
 func (m *Manager) subscription(id, cursor string) Subscription {
 	return Subscription{Channel: id, Cursor: cursor, URL: strings.ReplaceAll(m.subscriberURL, "{channel}", id)}
 }
@@ -205,10 +235,13 @@ func (m *Manager) subscription(id, cursor string) Subscription {
 // for "GET /sub/{channel}": the channel ID comes from the path value
 // "channel", or else from the last element of the path. It answers 400 for
 // a malformed ID and 403 unless the request's session owns that open
-// channel; then the relay serves the listener: WebSocket for an upgrade
-// request, EventSource when the request accepts text/event-stream, long-poll
-// otherwise. Ownership is checked on every request: every long-poll, every
-// stream and WebSocket handshake.
+// channel (for the broadcast channel of Config.BroadcastChannel: unless the
+// request has a signed-in session); then the relay serves the listener:
+// WebSocket for an upgrade request, EventSource when the request accepts
+// text/event-stream, long-poll otherwise. Ownership is checked on every
+// request: every long-poll, every stream and WebSocket handshake. A stream
+// of the broadcast channel is not ended by a logout; it stops at its next
+// reconnect.
 //
 // With a relay that serves its listeners itself (Nchan) it answers 404.
 func (m *Manager) SubscriberHandler() http.Handler {
@@ -245,9 +278,10 @@ const AuthorizeHeader = "X-Channel-Id"
 // nginx asks it, with the listener's own headers (so its session cookie) and
 // the channel ID in the [AuthorizeHeader] header, whether the listener may
 // subscribe. It answers 204 when the request's session owns that open
-// channel, and 403 otherwise: no session, another session's channel, a
-// channel not open, a malformed ID. nginx relays a refusal to the listener
-// unchanged, so the body is the status text alone.
+// channel, or is signed in and asks for the broadcast channel of
+// Config.BroadcastChannel, and 403 otherwise: no session, another session's
+// channel, a channel not open, a malformed ID. nginx relays a refusal to the
+// listener unchanged, so the body is the status text alone.
 //
 //	location = /authorize {
 //	    internal;
@@ -272,8 +306,15 @@ func (m *Manager) AuthorizeHandler() http.Handler {
 	})
 }
 
-// authorize reports whether r's session owns the open channel id.
+// authorize reports whether r's session owns the open channel id, or, for
+// the broadcast channel, whether r has a signed-in session.
 func (m *Manager) authorize(r *http.Request, id string) error {
+	if m.broadcast != "" && id == m.broadcast {
+		if !m.signedIn(r) {
+			return ErrNotSignedIn
+		}
+		return nil
+	}
 	ch, _ := FromContext(r.Context())
 	if ch == nil {
 		ch = m.bound(r)
@@ -294,6 +335,15 @@ func (m *Manager) authorize(r *http.Request, id string) error {
 	return nil
 }
 
+// signedIn reports whether r has a signed-in session.
+func (m *Manager) signedIn(r *http.Request) bool {
+	if _, ok := FromContext(r.Context()); ok {
+		return true
+	}
+	s := m.session(r)
+	return s != nil && m.user(r, s) != ""
+}
+
 // Close signs the session's channel out (logout): it closes the channel on
 // the relay, which ends its listeners, removes it from the store, unbinds it
 // from the session and saves the session. Make any other change to the
@@ -309,10 +359,14 @@ func (m *Manager) Close(w http.ResponseWriter, r *http.Request) error {
 
 // CloseChannel closes the channel id: it removes it from the store and
 // deletes it on the relay, which ends its listeners. It returns an error
-// wrapping ErrChannelNotFound when neither knew the channel.
+// wrapping ErrChannelNotFound when neither knew the channel, and for the
+// broadcast channel, which it leaves open.
 func (m *Manager) CloseChannel(ctx context.Context, id string) error {
 	if !validChannelID(id) {
 		return fmt.Errorf("%w: %q", ErrInvalidChannel, clip(id))
+	}
+	if m.broadcast != "" && id == m.broadcast {
+		return fmt.Errorf("sessionpush: close %s: the broadcast channel is no session channel: %w", id, ErrChannelNotFound)
 	}
 	removed, err := m.store.Remove(ctx, id)
 	if err != nil {

@@ -22,7 +22,8 @@
 //
 //	POST /login          form user=<name>: sign in, 303 to /
 //	POST /logout         close the channel, clear the session, 303 to /
-//	GET|POST /subscribe  open the session's channel: {"channel","cursor","url"}
+//	GET|POST /subscribe  open the session's channel: {"channel","cursor","url"}, and with
+//	                     -broadcast-channel "broadcast": {"channel","cursor","url"} too
 //	GET /sub/{channel}   listen (WebSocket, EventSource or long-poll); 404 with -publish-url
 //	GET /authorize       for nchan_authorize_request: 204 if the session owns the channel
 //	POST /push           push the JSON body to your own channel
@@ -99,6 +100,11 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	// Empty: the in-memory channel store. Else redisstore on this Redis,
 	// which several instances of the example can share.
 	redisAddr := fs.String("redis", "", "keep open channels in the Redis at `address` (host:port) instead of in memory")
+	// Config.BroadcastChannel: empty, Broadcast fans out to every open
+	// channel; else every signed-in session also listens to this channel
+	// and Broadcast publishes once to it. With Nchan, nginx/nginx.conf has
+	// the location for sessionpush.SuggestedBroadcastChannel.
+	broadcastChannel := fs.String("broadcast-channel", "", "also open the broadcast channel with this `id` (a lower-case UUIDv4, e.g. "+sessionpush.SuggestedBroadcastChannel+") to every signed-in session, and broadcast with one publish to it")
 	sessionKey := fs.String("session-key", "", "sign session cookies with this `key` of 64 hex digits, so that sessions survive a restart (default $"+sessionKeyEnv+", else a random key)")
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 		return nil
@@ -123,7 +129,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		log.Info("session cookies are signed with a key made at start: sessions do not survive a restart (see -session-key)")
 	}
 	store := newSessionStoreWithKey(key, *secure)
-	cfg := sessionpush.Config{Sessions: store, Logger: log, SubscriberURL: *subscribeURL}
+	cfg := sessionpush.Config{Sessions: store, Logger: log, SubscriberURL: *subscribeURL, BroadcastChannel: *broadcastChannel}
 	if *publishURL != "" {
 		nc, err := nchan.New(*publishURL, nchan.Options{Logger: log})
 		if err != nil {

@@ -517,10 +517,58 @@ func TestRunFlags(t *testing.T) {
 		{"-subscribe-url", "/sub"},
 		{"-session-key", "abc"},
 		{"-session-key", strings.Repeat("g", 64)},
+		{"-broadcast-channel", "B0ADCA57-0000-4000-8000-000000000000"},
 	} {
 		if err := run(t.Context(), append(args, "-addr", "127.0.0.1:0"), io.Discard); err == nil {
 			t.Errorf("run %q: no error", args)
 		}
+	}
+}
+
+// TestRunBroadcastChannel runs the program with -broadcast-channel: the
+// JSON of /subscribe names the broadcast channel too, which any signed-in
+// session may listen to, and /broadcast reaches its listener. Without the
+// flag, /subscribe has no "broadcast".
+func TestRunBroadcastChannel(t *testing.T) {
+	id := sessionpush.SuggestedBroadcastChannel
+	p := startProgram(t, "-addr", "127.0.0.1:0", "-broadcast-channel", id)
+	b := newBrowser(t, p.URL)
+	b.mustLogin("alice")
+	resp, body := b.do("POST", "/subscribe", "", "")
+	var raw map[string]json.RawMessage
+	if resp.StatusCode != http.StatusOK || json.Unmarshal([]byte(body), &raw) != nil || raw["broadcast"] == nil {
+		t.Fatalf("POST /subscribe with -broadcast-channel: %s %q; want a \"broadcast\" member", resp.Status, body)
+	}
+	sub := b.subscribe()
+	if sub.Broadcast == nil || sub.Broadcast.Channel != id || sub.Broadcast.URL != "/sub/"+id || sub.Broadcast.Cursor == "" {
+		t.Fatalf("subscription %+v: broadcast %+v, want channel %s at /sub/%s", sub, sub.Broadcast, id, id)
+	}
+	req, _ := http.NewRequest("GET", p.URL+sub.Broadcast.URL+"?last_event_id="+url.QueryEscape(sub.Broadcast.Cursor), nil)
+	req.Header.Set("Accept", "text/event-stream")
+	stream, err := b.c.Do(req) // the headers come once the listener is counted
+	if err != nil || stream.StatusCode != http.StatusOK {
+		t.Fatalf("listening to the broadcast channel: %v %v", stream, err)
+	}
+	defer stream.Body.Close()
+	if resp, body := b.postJSON("/broadcast", `{"hello":"all"}`); resp.StatusCode != http.StatusOK || body != `{"sent":1}`+"\n" {
+		t.Errorf("POST /broadcast: %s %q, want {\"sent\":1}", resp.Status, body)
+	}
+	r := bufio.NewReader(stream.Body)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("broadcast stream: %v", err)
+		}
+		if line == "data: {\"hello\":\"all\"}\n" {
+			break
+		}
+	}
+
+	plain := startProgram(t, "-addr", "127.0.0.1:0")
+	c := newBrowser(t, plain.URL)
+	c.mustLogin("bob")
+	if resp, body := c.do("POST", "/subscribe", "", ""); resp.StatusCode != http.StatusOK || strings.Contains(body, "broadcast") {
+		t.Errorf("POST /subscribe without -broadcast-channel: %s %q", resp.Status, body)
 	}
 }
 

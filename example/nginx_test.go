@@ -129,6 +129,46 @@ func TestNginxRun(t *testing.T) {
 	}
 }
 
+// TestNginxRunBroadcastChannel runs the program with -broadcast-channel
+// behind the shipped config: the exact-match location of the broadcast
+// channel lets more listeners in than a session channel's cap (10), and
+// /broadcast reaches them with one publish.
+func TestNginxRunBroadcastChannel(t *testing.T) {
+	id := sessionpush.SuggestedBroadcastChannel
+	n := startNginx(t, nginxConf(t))
+	startProgram(t, "-addr", fmt.Sprintf("127.0.0.1:%d", n.Ports["app"]),
+		"-publish-url", n.URL+"/pub/{channel}", "-subscribe-url", "/sub/{channel}", "-broadcast-channel", id)
+	tr := &http.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	nc, err := nchan.New(n.URL+"/pub/{channel}", nchan.Options{HTTPClient: &http.Client{Transport: tr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	site := &nginxSite{Nginx: n, relay: nc}
+	b := newBrowser(t, n.URL)
+	b.mustLogin("alice")
+	sub := b.subscribe()
+	if sub.Broadcast == nil || sub.Broadcast.URL != "/sub/"+id {
+		t.Fatalf("subscription %+v: broadcast %+v, want url /sub/%s", sub, sub.Broadcast, id)
+	}
+	var streams []*stream
+	for range 11 {
+		streams = append(streams, b.listen(sub.Broadcast.URL+"?last_event_id="+url.QueryEscape(sub.Broadcast.Cursor)))
+	}
+	site.waitForSubscribers(t, id, 11)
+	if resp, body := b.postJSON("/broadcast", `"all"`); resp.StatusCode != http.StatusOK || body != `{"sent":11}`+"\n" {
+		t.Fatalf("POST /broadcast: %s %q, want {\"sent\":11}", resp.Status, body)
+	}
+	for i, es := range streams {
+		if _, data := es.next(); data != `"all"` {
+			t.Errorf("broadcast listener %d through nginx: %q", i, data)
+		}
+	}
+	if resp, _ := newBrowser(t, n.URL).poll(sub.Broadcast.URL); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("broadcast channel without a session: %s, want 403", resp.Status)
+	}
+}
+
 // waitForSubscribers waits until Nchan counts n listeners on the channel.
 func (s *nginxSite) waitForSubscribers(t *testing.T, channel string, n int) {
 	t.Helper()

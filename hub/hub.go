@@ -37,6 +37,7 @@ type Options struct {
 
 	// MaxListeners caps the concurrent listeners of one channel; one more
 	// is answered 403. Zero means 10; negative means no cap.
+	// [Hub.SetMaxListeners] changes it for one open channel.
 	MaxListeners int
 
 	// MaxMessageSize is the largest body, in bytes, that Publish accepts.
@@ -141,7 +142,7 @@ func (h *Hub) Open(ctx context.Context, channel string) (string, error) {
 	}
 	c := h.channels[channel]
 	if c == nil {
-		c = &chanState{wake: newWake()}
+		c = &chanState{wake: newWake(), maxListeners: h.opts.MaxListeners}
 		h.channels[channel] = c
 	}
 	h.mu.Unlock()
@@ -245,6 +246,35 @@ func (h *Hub) Close(ctx context.Context, channel string) error {
 		return opError("close", channel, relay.ErrChannelNotFound)
 	}
 	c.close()
+	return nil
+}
+
+// SetMaxListeners sets the cap of concurrent listeners of the open channel:
+// n listeners at most, none when n is negative, Options.MaxListeners when n
+// is zero. Listeners already in are never ended; the cap applies to the
+// next ones. The setting lasts while the channel is open: a channel closed
+// and opened again starts with Options.MaxListeners. It returns an error
+// wrapping [relay.ErrChannelNotFound] if the channel is not open.
+//
+// It is meant for a channel that many listeners share, such as
+// sessionpush's broadcast channel (Config.BroadcastChannel).
+func (h *Hub) SetMaxListeners(channel string, n int) error {
+	if err := relay.ValidateID(channel); err != nil {
+		return opError("set max listeners", channel, err)
+	}
+	c, err := h.lookup("set max listeners", channel)
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		n = h.opts.MaxListeners
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return opError("set max listeners", channel, relay.ErrChannelNotFound)
+	}
+	c.maxListeners = n
 	return nil
 }
 
@@ -366,7 +396,7 @@ func (h *Hub) join(name string) *chanState {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed || h.opts.MaxListeners >= 0 && c.listeners >= h.opts.MaxListeners {
+	if c.closed || c.maxListeners >= 0 && c.listeners >= c.maxListeners {
 		return nil
 	}
 	c.listeners++
@@ -390,15 +420,16 @@ func (h *Hub) lookup(op, name string) (*chanState, error) {
 // chanState is one open channel: its buffer, oldest first, and the wake that
 // fires at its next message or its end.
 type chanState struct {
-	mu        sync.RWMutex
-	msgs      []*message
-	last      relay.MessageID // newest ID issued; zero before the first
-	wake      *wake
-	closed    bool
-	listeners int
-	requested time.Time // when a listener last connected; zero: never
-	modSec    int64     // the second of modStr, reused within a second
-	modStr    string
+	mu           sync.RWMutex
+	msgs         []*message
+	last         relay.MessageID // newest ID issued; zero before the first
+	wake         *wake
+	closed       bool
+	listeners    int
+	maxListeners int       // the cap of listeners; negative: none
+	requested    time.Time // when a listener last connected; zero: never
+	modSec       int64     // the second of modStr, reused within a second
+	modStr       string
 }
 
 // wake is closed when the next message is published (msg is then set) or
