@@ -1,12 +1,12 @@
 // SessionPush: a small, dependency-free browser client for sessionpush.
 //
 //   const sub = SessionPush.connect({
-//     subscribeURL: '/subscribe',              // answers {channel, cursor, url}
+//     subscribeURL: '/subscribe',              // answers {channel, cursor, url[, broadcast]}
 //     transports: ['websocket', 'eventsource', 'longpoll'], // in order of preference
 //     events: [],               // EventSource event names to receive besides unnamed ones
 //     minDelay: 500, maxDelay: 15000,          // backoff after errors, in ms
 //     onMessage(m) {},     // m: {data, text, id, event, channel}; data is the parsed JSON, else the text
-//     onState(state, info) {}, // 'connecting', 'open' {transport, channel},
+//     onState(state, info) {}, // 'connecting', 'open' {transport, channel, broadcast},
 //                              // 'reconnecting' {delay}, 'signed-out', 'closed'
 //     onError(err) {},
 //   });
@@ -23,6 +23,15 @@
 // ws+meta.nchan subprotocol, for the ids), so the client works unchanged
 // against the embedded relay or Nchan. Bodies are delivered as text: the
 // kit is for JSON and text messages.
+//
+// When the answer names a broadcast channel ("broadcast": {channel, cursor,
+// url}), the client listens to it too, on a second stream of the same
+// transport with a position of its own; m.channel tells the two apart. The
+// end of either stream makes it ask subscribeURL again and restart the
+// stream that ended (or whose channel changed); the other one carries on.
+// The states follow the session's stream: 'open' when it opens, and again,
+// with info.broadcast (the broadcast channel's ID, else null), when the
+// broadcast stream opens beside it.
 (function (root) {
   'use strict';
 
@@ -52,42 +61,67 @@
     if (transports.length === 0) throw new Error('SessionPush: no usable transport');
 
     let closed = false;
-    let sub = null;     // the last answer of subscribeURL
-    let lastId = '';    // where to resume: the last message's id, else the cursor
-    let transport = 0;  // index in transports
-    let failures = 0;   // errors in a row, for the backoff
-    let unopened = 0;   // streams in a row that never opened
-    let timer = null;
-    let stream = null;  // the open EventSource or WebSocket
-    let aborter = null;
+    let transport = 0;   // index in transports, for both streams
+    let unopened = 0;    // session streams in a row that never opened
+    let pending = false; // a call of subscribeURL is due or under way
+    let aborter = null;  // of that call
+    const timers = new Set();
+    // The two listeners, each with its own position (lastId: the last
+    // message's id, else the cursor), backoff, and stream under way (run:
+    // {transport, open, stream or, for long-poll, aborter}; null when none).
+    const session = {sub: null, lastId: '', failures: 0, run: null};
+    const broadcast = {sub: null, lastId: '', failures: 0, run: null};
 
     const state = (s, info) => { if (!closed) opts.onState(s, info || {}); };
 
-    // later runs fn after a doubling delay with jitter.
-    function later(fn, err) {
+    // later runs fn after a delay that doubles with l's failures, with
+    // jitter. Only the session's troubles show as 'reconnecting'.
+    function later(l, fn, err) {
       if (closed) return;
       if (err) opts.onError(err);
-      const max = Math.min(opts.maxDelay, opts.minDelay * 2 ** failures++);
+      const max = Math.min(opts.maxDelay, opts.minDelay * 2 ** l.failures++);
       const delay = Math.round(max / 2 + Math.random() * max / 2);
-      state('reconnecting', {delay});
-      timer = setTimeout(fn, delay);
+      if (l === session) state('reconnecting', {delay});
+      const t = setTimeout(() => { timers.delete(t); fn(); }, delay);
+      timers.add(t);
     }
 
-    function opened(name) {
-      failures = unopened = 0;
-      state('open', {transport: name, channel: sub.channel});
+    // opened reports 'open' when the session stream opens (or is back after
+    // errors), and again when the broadcast stream opens beside it.
+    function opened(l, run) {
+      if (l.run !== run) return;
+      const first = !run.open;
+      run.open = true;
+      l.failures = 0;
+      if (l === session) unopened = 0;
+      if ((l === session || first) && session.run && session.run.open) {
+        state('open', {
+          transport: session.run.transport,
+          channel: session.sub.channel,
+          broadcast: broadcast.run && broadcast.run.open ? broadcast.sub.channel : null,
+        });
+      }
     }
 
-    function request(url, init) {
-      aborter = new AbortController();
-      return fetch(url, Object.assign({credentials: 'same-origin', cache: 'no-store', signal: aborter.signal}, init));
+    function request(url, init, controller) {
+      return fetch(url, Object.assign({credentials: 'same-origin', cache: 'no-store', signal: controller.signal}, init));
+    }
+
+    // resubscribe asks subscribeURL again after a backoff: once, however
+    // many streams end meanwhile. While the session's stream carries on,
+    // the broadcast stream's backoff counts, and no state changes.
+    function resubscribe(err) {
+      if (pending) return err && opts.onError(err);
+      pending = true;
+      later(session.run ? broadcast : session, subscribe, err);
     }
 
     async function subscribe() {
-      state('connecting');
+      if (!session.run) state('connecting');
       let next;
       try {
-        const res = await request(opts.subscribeURL, {method: 'POST', headers: {Accept: 'application/json'}});
+        aborter = new AbortController();
+        const res = await request(opts.subscribeURL, {method: 'POST', headers: {Accept: 'application/json'}}, aborter);
         if (res.status === 401) {
           state('signed-out');
           return close();
@@ -95,48 +129,64 @@
         if (!res.ok) throw new Error('SessionPush: ' + opts.subscribeURL + ': HTTP ' + res.status);
         next = await res.json();
       } catch (err) {
-        return later(subscribe, err);
+        return later(session.run ? broadcast : session, subscribe, err);
       }
       if (closed) return;
+      pending = false;
+      start(broadcast, next.broadcast); // first: the session's 'open' then names it
+      start(session, next);
+    }
+
+    // start listens to sub's channel with l, unless l listens there
+    // already; without sub, it stops listening.
+    function start(l, sub) {
+      if (l.run && sub && sub.channel === l.sub.channel) return;
+      stop(l);
+      if (!sub) return;
       // A new channel, or one whose newest message is older than ours (the
       // relay lost it and opened it anew, e.g. after a restart): start from
       // its cursor. Otherwise resume after the last message seen.
-      if (!sub || next.channel !== sub.channel || !lastId || older(next.cursor, lastId)) lastId = next.cursor || '';
-      sub = next;
+      if (!l.sub || sub.channel !== l.sub.channel || !l.lastId || older(sub.cursor, l.lastId)) l.lastId = sub.cursor || '';
+      l.sub = sub;
+      const run = l.run = {transport: transports[transport], open: false};
       try {
-        listen[transports[transport]]();
+        listen[run.transport](l, run);
       } catch (err) { // e.g. a URL that WebSocket refuses
         opts.onError(err);
-        streamEnded(false);
+        ended(l, run);
       }
     }
 
-    // streamEnded follows the end of an EventSource or WebSocket: ask
-    // subscribeURL again, and fall back to the next transport when this one
-    // keeps failing to open.
-    function streamEnded(wasOpen) {
-      stream = null;
-      if (!wasOpen && ++unopened >= 2 && transport < transports.length - 1) {
+    function stop(l) {
+      const run = l.run;
+      l.run = null;
+      if (run && run.stream) run.stream.close();
+      if (run && run.aborter) run.aborter.abort();
+    }
+
+    // ended follows the end of l's stream: ask subscribeURL again, and fall
+    // back to the next transport when the session's keeps failing to open.
+    function ended(l, run, err) {
+      if (l.run !== run) return; // stopped meanwhile
+      l.run = null;
+      if (l === session && !run.open && ++unopened >= 2 && transport < transports.length - 1) {
         transport++;
         unopened = 0;
       }
-      later(subscribe);
+      resubscribe(err);
     }
 
-    function withPosition(url) {
-      return lastId ? url + (url.includes('?') ? '&' : '?') + 'last_event_id=' + encodeURIComponent(lastId) : url;
+    function withPosition(l) {
+      const url = l.sub.url;
+      return l.lastId ? url + (url.includes('?') ? '&' : '?') + 'last_event_id=' + encodeURIComponent(l.lastId) : url;
     }
 
-    function webSocket() {
-      const url = new URL(withPosition(sub.url), root.location && root.location.href);
+    function webSocket(l, run) {
+      const url = new URL(withPosition(l), root.location && root.location.href);
       url.protocol = url.protocol.replace(/^http/, 'ws');
-      let open = false;
-      const ws = stream = new root.WebSocket(url.href, META);
+      const ws = run.stream = new root.WebSocket(url.href, META);
       ws.binaryType = 'arraybuffer';
-      ws.onopen = () => {
-        open = true;
-        opened('websocket');
-      };
+      ws.onopen = () => opened(l, run);
       ws.onmessage = (e) => {
         let frame = typeof e.data === 'string' ? e.data : new TextDecoder().decode(e.data);
         let id = '', type = '';
@@ -149,28 +199,22 @@
           }
           frame = end < 0 ? frame : frame.slice(end + 2);
         }
-        if (id) lastId = id;
-        deliver(frame, id, 'message', !type || /json/i.test(type));
+        if (id) l.lastId = id;
+        deliver(l, frame, id, 'message', !type || /json/i.test(type));
       };
       // Closed by the relay (1001 "410 Gone": the channel ended), by the
       // network, or refused at the handshake (403): the browser does not
       // tell which. onerror always comes with onclose.
-      ws.onclose = () => {
-        if (stream === ws) streamEnded(open);
-      };
+      ws.onclose = () => ended(l, run);
     }
 
-    function eventSource() {
-      let open = false;
+    function eventSource(l, run) {
       const onEvent = (e) => {
-        if (e.lastEventId) lastId = e.lastEventId;
-        deliver(e.data, e.lastEventId, e.type, true);
+        if (e.lastEventId) l.lastId = e.lastEventId;
+        deliver(l, e.data, e.lastEventId, e.type, true);
       };
-      const es = stream = new root.EventSource(withPosition(sub.url));
-      es.onopen = () => {
-        open = true;
-        opened('eventsource');
-      };
+      const es = run.stream = new root.EventSource(withPosition(l));
+      es.onopen = () => opened(l, run);
       es.onmessage = onEvent;
       for (const name of opts.events) es.addEventListener(name, onEvent);
       es.onerror = () => {
@@ -178,49 +222,51 @@
         // Rather than let the browser retry the same channel, ask which
         // channel to listen to and resume after lastId.
         es.close();
-        streamEnded(open);
+        ended(l, run);
       };
     }
 
-    function longPoll() {
-      opened('longpoll');
-      poll(lastId ? {'Last-Event-ID': lastId} : {});
+    function longPoll(l, run) {
+      opened(l, run);
+      poll(l, run, l.lastId ? {'Last-Event-ID': l.lastId} : {});
     }
 
-    async function poll(headers) {
+    async function poll(l, run, headers) {
+      if (l.run !== run) return;
       let res, text;
       try {
-        res = await request(sub.url, {headers});
+        run.aborter = new AbortController();
+        res = await request(l.sub.url, {headers}, run.aborter);
         text = await res.text();
       } catch (err) {
-        return later(() => poll(headers), err);
+        return l.run === run && later(l, () => poll(l, run, headers), err);
       }
-      if (closed) return;
+      if (closed || l.run !== run) return;
       const status = res.status;
-      if (failures && (status === 200 || status === 304 || status === 408)) opened('longpoll'); // back after errors
+      if (l.failures && (status === 200 || status === 304 || status === 408)) opened(l, run); // back after errors
       if (status === 200) {
         const modified = res.headers.get('Last-Modified');
         const etag = res.headers.get('Etag');
         const type = res.headers.get('Content-Type');
         const seconds = Date.parse(modified) / 1000; // NaN without Last-Modified
         const id = Number.isInteger(seconds) && etag !== null ? seconds + ':' + etag : '';
-        if (id) lastId = id;
-        deliver(text, id, 'message', !type || /json/i.test(type));
+        if (id) l.lastId = id;
+        deliver(l, text, id, 'message', !type || /json/i.test(type));
         // Walk on from this message, as Nchan expects.
-        poll(id ? {'If-Modified-Since': modified, 'If-None-Match': etag} : lastId ? {'Last-Event-ID': lastId} : {});
+        poll(l, run, id ? {'If-Modified-Since': modified, 'If-None-Match': etag} : l.lastId ? {'Last-Event-ID': l.lastId} : {});
       } else if (status === 304 || status === 408) {
-        poll(headers); // the poll timed out: ask again at once
+        poll(l, run, headers); // the poll timed out: ask again at once
       } else if (status >= 500 || status === 429) {
-        later(() => poll(headers), new Error('SessionPush: listening: HTTP ' + status));
+        later(l, () => poll(l, run, headers), new Error('SessionPush: listening: HTTP ' + status));
       } else if (status === 403 || status === 410) {
-        later(subscribe); // the channel ended or is not (or no longer) ours
+        ended(l, run); // the channel ended or is not (or no longer) ours
       } else {
-        lastId = ''; // e.g. 400, a position the relay does not take: restart from the cursor
-        later(subscribe, new Error('SessionPush: listening: HTTP ' + status));
+        l.lastId = ''; // e.g. 400, a position the relay does not take: restart from the cursor
+        ended(l, run, new Error('SessionPush: listening: HTTP ' + status));
       }
     }
 
-    function deliver(text, id, event, maybeJSON) {
+    function deliver(l, text, id, event, maybeJSON) {
       let data = text;
       if (maybeJSON) {
         try {
@@ -228,7 +274,7 @@
         } catch (_) { /* not JSON: give the text */ }
       }
       try {
-        opts.onMessage({data, text, id: id || null, event, channel: sub.channel});
+        opts.onMessage({data, text, id: id || null, event, channel: l.sub.channel});
       } catch (err) {
         opts.onError(err);
       }
@@ -237,12 +283,14 @@
     function close() {
       if (closed) return;
       closed = true;
-      clearTimeout(timer);
-      if (stream) stream.close();
+      timers.forEach(clearTimeout);
+      stop(session);
+      stop(broadcast);
       if (aborter) aborter.abort();
       opts.onState('closed', {});
     }
 
+    pending = true;
     subscribe();
     return {close};
   }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"regexp"
+	"strings"
 	"testing"
 )
 
@@ -175,5 +176,61 @@ func TestOutage(t *testing.T) {
 		alice.push("four")
 		alice.expectMessages("push from alice: one", "push from alice: two", "push from alice: three", "push from alice: four")
 		alice.screenshot("")
+	})
+}
+
+// broadcastChannel is sessionpush.SuggestedBroadcastChannel, the ID that
+// ../example/nginx/nginx.conf has a location for. (Importing the root
+// package would bring its dependencies into this module.)
+const broadcastChannel = "b0adca57-0000-4000-8000-000000000000"
+
+// TestBroadcastChannel: the example runs with -broadcast-channel (on Nchan,
+// behind the shipped config's location for that channel), so every page
+// also listens to the broadcast channel, on a second stream of its
+// transport. One click on "Broadcast" reaches alice and bob, each once and
+// over the broadcast channel, while each still gets only their own pushes;
+// the note shows the listeners that the server counted.
+func TestBroadcastChannel(t *testing.T) {
+	eachRow(t, func(t *testing.T, relay, transport string) {
+		s := startSite(t, relay, "", "-broadcast-channel", broadcastChannel)
+		alice, bob := newPerson(t, "alice"), newPerson(t, "bob")
+		for _, p := range []*page{alice, bob} {
+			p.open(s.URL, transport)
+			p.signIn(p.name)
+		}
+		a, ab := alice.listeningToBroadcasts(transport)
+		b, bb := bob.listeningToBroadcasts(transport)
+		if a == b {
+			t.Fatalf("alice and bob both listen on channel %s", a)
+		}
+		if ab != broadcastChannel || bb != ab {
+			t.Fatalf("broadcast channels: alice %s, bob %s; want %s", ab, bb, broadcastChannel)
+		}
+
+		alice.push("for alice")
+		alice.expectMessages("push from alice: for alice")
+		bob.push("for bob")
+		bob.expectMessages("push from bob: for bob")
+
+		alice.broadcast("for everyone")
+		alice.waitText("note", "Broadcast sent to 2 listener(s).") // one publish, two listeners
+		alice.expectMessages("push from alice: for alice", "broadcast from alice: for everyone")
+		bob.expectMessages("push from bob: for bob", "broadcast from alice: for everyone")
+
+		// A push after it comes next on each page: the broadcast came once,
+		// and the other person's pushes never.
+		alice.push("after")
+		bob.push("after")
+		alice.expectMessages("push from alice: for alice", "broadcast from alice: for everyone", "push from alice: after")
+		bob.expectMessages("push from bob: for bob", "broadcast from alice: for everyone", "push from bob: after")
+		for _, p := range []*page{alice, bob} {
+			for _, m := range p.messages() {
+				if onBroadcast := strings.HasSuffix(m.Meta, " · on the broadcast channel"); onBroadcast != (m.Kind == "broadcast") {
+					t.Errorf("%s: %q shows %q: on the broadcast channel %v", p.name, m, m.Meta, onBroadcast)
+				}
+			}
+		}
+		alice.screenshot("alice")
+		bob.screenshot("bob")
 	})
 }

@@ -111,12 +111,33 @@ func (p *page) listening(transport string) string {
 	p.t.Helper()
 	prefix := "Listening (" + transport + ") on channel "
 	p.waitJS("the state line to start with "+prefix, `document.getElementById('state').textContent.startsWith(`+jsString(prefix)+`)`)
-	m := regexp.MustCompile(`^Listening \(\w+\) on channel ([0-9a-f-]{36})\.$`).FindStringSubmatch(p.text("state"))
+	return p.stateChannels()[0]
+}
+
+// listeningToBroadcasts waits until the state line says the page listens
+// over transport to its channel and to the broadcast channel, and returns
+// both.
+func (p *page) listeningToBroadcasts(transport string) (channel, broadcast string) {
+	p.t.Helper()
+	prefix := "Listening (" + transport + ") on channel "
+	p.waitJS("the state line to start with "+prefix+" and name the broadcast channel",
+		`((s) => s.startsWith(`+jsString(prefix)+`) && s.includes(' Broadcasts on channel '))(document.getElementById('state').textContent)`)
+	c := p.stateChannels()
+	return c[0], c[1]
+}
+
+// stateChannels returns the channel and the broadcast channel (or "") that
+// the state line names.
+func (p *page) stateChannels() []string {
+	p.t.Helper()
+	m := stateLine.FindStringSubmatch(p.text("state"))
 	if m == nil {
 		p.fail("state line %q: no channel ID in it", p.text("state"))
 	}
-	return m[1]
+	return m[1:]
 }
+
+var stateLine = regexp.MustCompile(`^Listening \(\w+\) on channel ([0-9a-f-]{36})\.(?: Broadcasts on channel ([0-9a-f-]{36})\.)?$`)
 
 // waitText waits until the element with that id shows exactly want.
 func (p *page) waitText(id, want string) {

@@ -46,16 +46,17 @@ type site struct {
 	nginx *servers.Nginx // nil on the embedded relay
 }
 
-// startSite starts the example on relay. origin is the origin of the pages
-// that will open WebSockets, "host:port", when it is not the site's own
-// address (a network in between): Nchan's config only lets that origin in.
-func startSite(t *testing.T, relay, origin string) *site {
+// startSite starts the example on relay, with args as further flags.
+// origin is the origin of the pages that will open WebSockets, "host:port",
+// when it is not the site's own address (a network in between): Nchan's
+// config only lets that origin in.
+func startSite(t *testing.T, relay, origin string, args ...string) *site {
 	t.Helper()
 	s := &site{t: t, relay: relay}
 	key := make([]byte, 32)
 	rand.Read(key)
 	// A fixed session key, so that sessions survive a restart of the program.
-	keyArg := []string{"-session-key", hex.EncodeToString(key)}
+	keyArg := append([]string{"-session-key", hex.EncodeToString(key)}, args...)
 	switch relay {
 	case "embedded":
 		s.app = startApp(t, fmt.Sprintf("127.0.0.1:%d", servers.FreePort(t)), keyArg...)

@@ -28,7 +28,10 @@ function fakeNet() {
       },
       reject,
     };
-    init.signal?.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError')));
+    init.signal?.addEventListener('abort', () => {
+      req.aborted = true;
+      reject(new DOMException('aborted', 'AbortError'));
+    });
     if (takers.length) takers.shift()(req);
     else queued.push(req);
   });
@@ -314,6 +317,112 @@ test('errors from /subscribe back off and retry', async () => {
   sub.close();
   assert.equal(errors.length, 1);
   assert.match(String(errors[0]), /HTTP 500/);
+});
+
+// With "broadcast" in the answer, a second stream of the same transport
+// listens to the broadcast channel, from its own position.
+const bc = (cursor) => ({channel: 'b', cursor, url: '/sub/b'});
+const openStates = (states) => (s, info) => states.push(s === 'open' ? `open ${info.channel} ${info.broadcast}` : s);
+
+test('broadcast: a second stream with its own position; the end of either resubscribes', async () => {
+  const net = fakeNet();
+  const states = [];
+  const {sub, messages} = start({transports: ['longpoll'], onState: openStates(states)});
+
+  await expectSubscribe(net, {channel: 'c1', cursor: '100:0', url: '/sub/c1', broadcast: bc('50:0')});
+  const b1 = await expectPoll(net, '/sub/b', {'last-event-id': '50:0'});
+  const s1 = await expectPoll(net, '/sub/c1', {'last-event-id': '100:0'});
+  b1.respond(200, '{"to":"all"}', {...json, 'Last-Modified': at(51), Etag: '0'});
+  const b2 = await expectPoll(net, '/sub/b', {'if-modified-since': at(51), 'if-none-match': '0'});
+  s1.respond(200, '{"to":"me"}', {...json, 'Last-Modified': at(101), Etag: '0'});
+  const s2 = await expectPoll(net, '/sub/c1', {'if-modified-since': at(101), 'if-none-match': '0'});
+
+  // The broadcast stream ends: /subscribe again. The session's poll carries
+  // on; the broadcast stream resumes after its last id, not its new cursor.
+  b2.respond(410);
+  await expectSubscribe(net, {channel: 'c1', cursor: '101:0', url: '/sub/c1', broadcast: bc('60:0')});
+  const b3 = await expectPoll(net, '/sub/b', {'last-event-id': '51:0'});
+
+  // The session's stream ends, and its channel is new: it starts from its
+  // cursor, and the broadcast poll carries on.
+  s2.respond(410);
+  await expectSubscribe(net, {channel: 'c2', cursor: '0:0', url: '/sub/c2', broadcast: bc('60:0')});
+  const s3 = await expectPoll(net, '/sub/c2', {'last-event-id': '0:0'});
+  b3.respond(200, '{"to":"all","n":2}', {...json, 'Last-Modified': at(61), Etag: '0'});
+  const b4 = await expectPoll(net, '/sub/b', {'if-modified-since': at(61), 'if-none-match': '0'});
+  s3.respond(200, '{"to":"me","n":2}', {...json, 'Last-Modified': at(1), Etag: '0'});
+  const s4 = await expectPoll(net, '/sub/c2', {'if-modified-since': at(1), 'if-none-match': '0'});
+
+  // An answer without "broadcast" ends the broadcast stream.
+  s4.respond(403);
+  await expectSubscribe(net, {channel: 'c2', cursor: '1:0', url: '/sub/c2'});
+  await expectPoll(net, '/sub/c2', {'last-event-id': '1:0'});
+  assert.ok(b4.aborted, 'the broadcast poll is aborted');
+  sub.close();
+
+  assert.deepEqual(messages.map((m) => [m.data, m.id, m.channel]), [
+    [{to: 'all'}, '51:0', 'b'],
+    [{to: 'me'}, '101:0', 'c1'],
+    [{to: 'all', n: 2}, '61:0', 'b'],
+    [{to: 'me', n: 2}, '1:0', 'c2'],
+  ]);
+  assert.deepEqual(states, [
+    'connecting', 'open c1 b',
+    'open c1 b', // the broadcast stream is back; the session's never left
+    'reconnecting', 'connecting', 'open c2 b',
+    'reconnecting', 'connecting', 'open c2 null',
+    'closed',
+  ]);
+});
+
+test('broadcast over websocket: both streams end, one /subscribe restarts both', async () => {
+  const net = fakeNet();
+  await withGlobals({WebSocket: FakeWebSocket, location: {href: 'http://example.test/'}}, async () => {
+    const states = [];
+    const {sub, messages} = start({transports: ['websocket'], onState: openStates(states)});
+
+    await expectSubscribe(net, {channel: 'c1', cursor: '100:0', url: '/sub/c1', broadcast: bc('50:0')});
+    const wb = await FakeWebSocket.next();
+    const ws = await FakeWebSocket.next();
+    assert.equal(wb.url, 'ws://example.test/sub/b?last_event_id=50%3A0');
+    assert.equal(ws.url, 'ws://example.test/sub/c1?last_event_id=100%3A0');
+    wb.protocol = ws.protocol = 'ws+meta.nchan';
+    ws.onopen();
+    wb.onopen();
+    wb.onmessage({data: 'id: 50:1\n\n{"to":"all"}'});
+    ws.onmessage({data: 'id: 100:1\n\n{"to":"me"}'});
+
+    // The relay restarts, losing both channels: one call of /subscribe, and
+    // both streams start again from their (older) cursors.
+    wb.onclose({code: 1001});
+    ws.onclose({code: 1001});
+    await expectSubscribe(net, {channel: 'c1', cursor: '0:0', url: '/sub/c1', broadcast: bc('0:0')});
+    const wb2 = await FakeWebSocket.next();
+    const ws2 = await FakeWebSocket.next();
+    assert.equal(wb2.url, 'ws://example.test/sub/b?last_event_id=0%3A0');
+    assert.equal(ws2.url, 'ws://example.test/sub/c1?last_event_id=0%3A0');
+    wb2.protocol = ws2.protocol = 'ws+meta.nchan';
+    wb2.onopen();
+    ws2.onopen();
+    wb2.onmessage({data: 'id: 0:1\n\n{"to":"all","n":2}'});
+
+    // The broadcast stream alone is refused: the session's stream carries
+    // on, the state does not change, and the broadcast stream resumes.
+    wb2.onclose({code: 1006});
+    await expectSubscribe(net, {channel: 'c1', cursor: '0:0', url: '/sub/c1', broadcast: bc('0:1')});
+    const wb3 = await FakeWebSocket.next();
+    assert.equal(wb3.url, 'ws://example.test/sub/b?last_event_id=0%3A1');
+    assert.ok(!ws2.closed);
+    sub.close();
+    assert.ok(wb3.closed && ws2.closed);
+
+    assert.deepEqual(messages.map((m) => [m.data, m.id, m.channel]), [
+      [{to: 'all'}, '50:1', 'b'],
+      [{to: 'me'}, '100:1', 'c1'],
+      [{to: 'all', n: 2}, '0:1', 'b'],
+    ]);
+    assert.deepEqual(states, ['connecting', 'open c1 null', 'open c1 b', 'connecting', 'open c1 b', 'closed']);
+  });
 });
 
 // The example server, built and started on a free port, driven by the client
