@@ -6,7 +6,6 @@ import (
 	"iter"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -29,7 +28,6 @@ func TestStoreCatchesFlaws(t *testing.T) {
 		"":                        "", // the MemoryStore as it is: passes
 		"not-found-error":         "NotFoundIsNoError",
 		"remove-always-true":      "RemoveExactlyOnce",
-		"remove-check-then-act":   "RemoveExactlyOnce",
 		"touch-resurrects":        "TouchOfMissingAddsNothing",
 		"user-index-not-moved":    "ReplaceMovesUserIndex",
 		"all-yields-twice":        "AllManyPages",
@@ -166,13 +164,6 @@ func (s *flawedStore) Remove(ctx context.Context, id string) (bool, error) {
 	case "remove-always-true":
 		_, err := s.MemoryStore.Remove(ctx, id)
 		return true, err
-	case "remove-check-then-act":
-		_, ok, err := s.MemoryStore.Get(ctx, id)
-		runtime.Gosched()
-		if ok {
-			_, err = s.MemoryStore.Remove(ctx, id)
-		}
-		return ok, err
 	}
 	return s.MemoryStore.Remove(ctx, id)
 }
