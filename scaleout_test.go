@@ -55,19 +55,12 @@ import (
 // 127.0.0.1 only; every Nchan location keeps its channels in the shared
 // Redis, under the test's namespace.
 const scaleConf = `
-load_module {{.Module}};
-daemon off;
-worker_processes 1;
-pid nginx.pid;
+{{template "main" .}}
 error_log error.log info;
 events { worker_connections 1024; }
 http {
   access_log access.log;
-  client_body_temp_path client_body_temp;
-  proxy_temp_path       proxy_temp;
-  fastcgi_temp_path     fastcgi_temp;
-  uwsgi_temp_path       uwsgi_temp;
-  scgi_temp_path        scgi_temp;
+{{template "temp_paths"}}
   nchan_shared_memory_size 16M;
   upstream app { server {{.App}}; }
   upstream nchan_redis {

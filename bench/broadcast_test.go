@@ -376,20 +376,13 @@ func embeddedTarget(t *testing.T, n int) *target {
 // location of the broadcast channel without a cap, as in
 // example/nginx/nginx.conf. Connections and descriptors for 2N.
 const nchanConf = `
-load_module {{.Module}};
-daemon off;
-worker_processes 1;
+{{template "main" .}}
 worker_rlimit_nofile {{.NoFile}};
-pid nginx.pid;
 error_log error.log warn;
 events { worker_connections {{.Conns}}; }
 http {
   access_log off;
-  client_body_temp_path client_body_temp;
-  proxy_temp_path       proxy_temp;
-  fastcgi_temp_path     fastcgi_temp;
-  uwsgi_temp_path       uwsgi_temp;
-  scgi_temp_path        scgi_temp;
+{{template "temp_paths"}}
   nchan_shared_memory_size 256M;
   server {
     listen {{.Addr}} backlog=4096;

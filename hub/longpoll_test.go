@@ -219,27 +219,35 @@ func TestSubscriberRefusals(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			a := get(srv.Client(), tt.method, tt.url, tt.header)
-			if a.err != nil || a.code != tt.want {
-				t.Fatalf("got %d %q (%v), want %d", a.code, a.body, a.err, tt.want)
-			}
-			switch tt.want {
-			case http.StatusBadRequest:
-				if a.body == "" || len(a.body) > 64 || !strings.HasPrefix(a.header.Get("Content-Type"), "text/plain") {
-					t.Errorf("400 with %q (%s), want a short plain-text reason", a.body, a.header.Get("Content-Type"))
-				}
-			case http.StatusMethodNotAllowed:
-				if a.header.Get("Allow") != "GET" {
-					t.Errorf("Allow %q, want GET", a.header.Get("Allow"))
-				}
-			case http.StatusForbidden:
-				if a.body != "" {
-					t.Errorf("403 with body %q", a.body)
-				}
-			}
-			checkCommonHeaders(t, a.header, tt.header.Get("Accept") == "")
+			checkRefusal(t, get(srv.Client(), tt.method, tt.url, tt.header), tt.want, tt.header.Get("Accept") == "")
 		})
 	}
+}
+
+// checkRefusal checks a refused listener's answer, whatever the transport
+// asked for: the status; for 400 a short plain-text reason; for 405
+// "Allow: GET"; for 403 an empty answer, as Nchan gives; and the headers
+// every answer carries (longPoll: those of long-poll answers too).
+func checkRefusal(t *testing.T, a answer, want int, longPoll bool) {
+	t.Helper()
+	if a.err != nil || a.code != want {
+		t.Fatalf("got %d %q (%v), want %d", a.code, a.body, a.err, want)
+	}
+	switch want {
+	case http.StatusBadRequest:
+		if a.body == "" || len(a.body) > 64 || !strings.HasPrefix(a.header.Get("Content-Type"), "text/plain") {
+			t.Errorf("400 with %q (%s), want a short plain-text reason", a.body, a.header.Get("Content-Type"))
+		}
+	case http.StatusMethodNotAllowed:
+		if a.header.Get("Allow") != "GET" {
+			t.Errorf("Allow %q, want GET", a.header.Get("Allow"))
+		}
+	case http.StatusForbidden:
+		if a.body != "" || a.header.Get("Content-Length") != "0" || a.header.Get("Content-Type") != "" {
+			t.Errorf("403 with body %q, headers %v; want it empty, as Nchan", a.body, a.header)
+		}
+	}
+	checkCommonHeaders(t, a.header, longPoll)
 }
 
 func TestMaxListeners(t *testing.T) {

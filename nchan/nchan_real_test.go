@@ -20,19 +20,12 @@ import (
 // /pub/<id> and /pub?id=, /pub_small/<id> with a 1 KiB body limit, the
 // subscriber at /sub/<id> for existing channels only. With a Redis address
 // every location uses that Redis.
-const nchanConf = `load_module {{.Module}};
-daemon off;
-worker_processes 1;
-pid nginx.pid;
+const nchanConf = `{{template "main" .}}
 error_log error.log info;
 events { worker_connections 1024; }
 http {
   access_log off;
-  client_body_temp_path client_body_temp;
-  proxy_temp_path       proxy_temp;
-  fastcgi_temp_path     fastcgi_temp;
-  uwsgi_temp_path       uwsgi_temp;
-  scgi_temp_path        scgi_temp;
+{{template "temp_paths"}}
   nchan_shared_memory_size 32M;
   client_max_body_size 8m;
 {{if .Redis}}

@@ -131,19 +131,12 @@ func TestEmbedded(t *testing.T) {
 // application, serves listeners itself after asking the application's
 // /authorize, and takes publishes from 127.0.0.1 only.
 const nchanConf = `
-load_module {{.Module}};
-daemon off;
-worker_processes 1;
-pid nginx.pid;
+{{template "main" .}}
 error_log error.log info;
 events { worker_connections 1024; }
 http {
   access_log access.log;
-  client_body_temp_path client_body_temp;
-  proxy_temp_path       proxy_temp;
-  fastcgi_temp_path     fastcgi_temp;
-  uwsgi_temp_path       uwsgi_temp;
-  scgi_temp_path        scgi_temp;
+{{template "temp_paths"}}
   upstream app { server {{.App}}; }
   server {
     listen {{.Addr}};

@@ -22,23 +22,34 @@ import (
 // any answer but 503 (Redis not connected yet) and a refused connection.
 const DefaultReadyPath = "/pub?id=__ready"
 
-// MinimalNchanConf is a working config template: a publisher at /pub?id=
-// and /pub/<id>, a subscriber at /sub?id= and /sub/<id> (long-poll,
-// EventSource, WebSocket), memory store.
-const MinimalNchanConf = `load_module {{.Module}};
+// mainContext is what every test config starts with, in the main context:
+// the Nchan module, nginx as a child of the test, one worker, the pid file
+// in the prefix (relay-protocol.md §9, §10). Configs get it as
+// {{template "main" .}}.
+const mainContext = `load_module {{.Module}};
 daemon off;
 worker_processes 1;
 pid nginx.pid;
-error_log error.log info;
-events { worker_connections 256; }
-http {
-  access_log access.log;
-  client_body_temp_path client_body_temp;
+`
+
+// tempPaths are the five temp paths, in the prefix, for the http context;
+// without them even nginx -t reaches for /var/lib/nginx. Configs get them as
+// {{template "temp_paths"}}.
+const tempPaths = `  client_body_temp_path client_body_temp;
   proxy_temp_path       proxy_temp;
   fastcgi_temp_path     fastcgi_temp;
   uwsgi_temp_path       uwsgi_temp;
   scgi_temp_path        scgi_temp;
-  nchan_shared_memory_size 16M;
+`
+
+// MinimalNchanConf is a working config template: a publisher at /pub?id=
+// and /pub/<id>, a subscriber at /sub?id= and /sub/<id> (long-poll,
+// EventSource, WebSocket), memory store.
+const MinimalNchanConf = mainContext + `error_log error.log info;
+events { worker_connections 256; }
+http {
+  access_log access.log;
+` + tempPaths + `  nchan_shared_memory_size 16M;
   server {
     listen {{.Addr}};
     location = /pub      { nchan_publisher;  nchan_channel_id $arg_id; }
@@ -96,7 +107,9 @@ type Nginx struct {
 // starts nginx with it and waits until it is ready. The config must say
 // `daemon off;`, a relative `pid`, `load_module` and the five *_temp_path
 // directives with relative paths (relay-protocol.md §9-10); it fails the
-// test otherwise. It skips the test (see [Require]) when nginx or the Nchan
+// test otherwise. {{template "main" .}} writes the first four (and one
+// worker) in the main context, {{template "temp_paths"}} the temp paths in
+// the http context. It skips the test (see [Require]) when nginx or the Nchan
 // module is missing and fails it when nginx does not start or become ready;
 // the failure quotes error.log and nginx's stderr. nginx is stopped in
 // t.Cleanup.
@@ -151,6 +164,12 @@ func StartNginxWith(t testing.TB, conf string, opts NginxOptions) *Nginx {
 			return n.Ports[name]
 		},
 	}).Parse(conf)
+	if err == nil {
+		_, err = tmpl.New("main").Parse(mainContext)
+	}
+	if err == nil {
+		_, err = tmpl.New("temp_paths").Parse(tempPaths)
+	}
 	if err != nil {
 		t.Fatalf("servers: nginx config template: %v", err)
 	}
