@@ -53,8 +53,8 @@ const (
 // fuzzInput is one fuzzed request.
 type fuzzInput struct {
 	method, raw, query, origin, site, accept, lastEventID, inm, ims, ctype, upgrade, cookie string
-	idSel, mode                                                                          uint8
-	middleware                                                                           bool
+	idSel, mode                                                                             uint8
+	middleware                                                                              bool
 }
 
 func (in fuzzInput) strings() []string {
