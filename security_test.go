@@ -475,3 +475,27 @@ func TestCrossSiteWebSocketRefused(t *testing.T) {
 	}
 	conn.CloseNow()
 }
+
+// TestAnswersNotCacheable: the answers that carry or deny a channel ID
+// are kept out of shared caches (Cache-Control: no-store) and vary with the
+// cookie, so that no cache hands one session's channel to another.
+func TestAnswersNotCacheable(t *testing.T) {
+	a, _ := newRecordedApp(t)
+	alice := a.browser().login("alice")
+	sub := alice.subscribe()
+	for name, got := range map[string]answer{
+		"/subscribe":            alice.answer("GET", "/subscribe"),
+		"/subscribe text":       alice.answer("GET", "/subscribe", "Accept", "text/plain"),
+		"/subscribe signed out": a.browser().answer("GET", "/subscribe"),
+		"/authorize":            alice.answer("GET", "/authorize", sessionpush.AuthorizeHeader, sub.Channel),
+		"/authorize refused":    a.browser().answer("GET", "/authorize", sessionpush.AuthorizeHeader, sub.Channel),
+		"/sub refused":          a.browser().answer("GET", sub.URL),
+	} {
+		if got.header.Get("Cache-Control") != "no-store" {
+			t.Errorf("%s: %v; want Cache-Control: no-store", name, got)
+		}
+		if got.status == 200 && !slices.Contains(got.header.Values("Vary"), "Cookie") {
+			t.Errorf("%s: %v; want Vary: Cookie", name, got)
+		}
+	}
+}
