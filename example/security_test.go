@@ -264,3 +264,40 @@ func mustParse(t *testing.T, s string) *url.URL {
 	}
 	return u
 }
+
+// TestNginxSizeLimits: through the shipped config, a body over 64 KiB gets
+// 413 from nginx before the app or Nchan reads it, on the app's routes and
+// on the publisher; headers over nginx's buffers get a 4xx; the worker
+// survives both.
+func TestNginxSizeLimits(t *testing.T) {
+	s := startNginxSite(t)
+	worker := s.WorkerPID()
+	alice := newBrowser(t, s.URL)
+	alice.mustLogin("alice")
+	sub := alice.subscribe()
+	before, err := s.relay.Info(t.Context(), sub.Channel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := strings.Repeat("1", 64<<10+1)
+	for _, path := range []string{"/push", "/broadcast", "/subscribe"} {
+		if resp, _ := alice.postJSON(path, big); resp.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Errorf("POST %s of %d bytes: %s; want 413", path, len(big), resp.Status)
+		}
+	}
+	if status, err := publish(s.URL+"/pub/"+sub.Channel, big); status != http.StatusRequestEntityTooLarge {
+		t.Errorf("publish of %d bytes from 127.0.0.1: %d %v; want 413", len(big), status, err)
+	}
+	for _, path := range []string{sub.URL, "/subscribe", "/pub/" + sub.Channel} {
+		status, err := request(guardCase{method: "GET", url: s.URL + path, header: []string{"Cookie", "junk=" + strings.Repeat("a", 64<<10)}})
+		if status < 400 || status >= 500 {
+			t.Errorf("GET %s with a 64 KiB header: %d %v; want a 4xx", path, status, err)
+		}
+	}
+	if now := s.WorkerPID(); now != worker {
+		t.Errorf("nginx worker: PID %d, was %d\n%s", now, worker, s.ErrorLog())
+	}
+	if after, err := s.relay.Info(t.Context(), sub.Channel); err != nil || after.Messages != before.Messages {
+		t.Errorf("alice's channel: %+v, %v; want %d messages as before", after, err, before.Messages)
+	}
+}
