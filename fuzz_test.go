@@ -5,10 +5,12 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"path"
+	"slices"
 	"strings"
 	"testing"
 
@@ -38,7 +40,9 @@ import (
 // the session may listen to that channel (owner of the open channel, or
 // signed in for the broadcast channel); a refused request never reaches the
 // relay; no header value carries CR or LF or echoes fuzzed input; a refusal
-// is the bare status text (no internal error text).
+// is the bare status text (no internal error text); a channel refused on
+// the subscriber and authorize handlers gets the very answer, and the same
+// silence of the relay, that a channel never opened gets.
 
 const neverOpened = "6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f"
 
@@ -242,69 +246,76 @@ func runFuzzInput(t *testing.T, which fuzzHandler, in fuzzInput) {
 	if method == "" {
 		method = "GET" // what net/http's server hands a handler
 	}
-	reqPath := "/"
-	switch which {
-	case fuzzSubscribe:
-		reqPath = "/subscribe"
-	case fuzzSubscriber:
-		reqPath = "/sub/" + id
-	case fuzzAuthorize:
-		reqPath = "/authorize"
-	}
-	r := &http.Request{
-		Method:     method,
-		URL:        &url.URL{Path: reqPath, RawQuery: in.query},
-		Proto:      "HTTP/1.1",
-		ProtoMajor: 1, ProtoMinor: 1,
-		Header:     http.Header{},
-		Host:       "app.test",
-		RemoteAddr: "192.0.2.1:1234",
-		RequestURI: reqPath,
-		Body:       http.NoBody,
-	}
-	r = r.WithContext(context.Background())
-	set := func(k, v string) {
-		if v != "" {
-			r.Header.Set(k, v)
+	// serve sends the request for channel id and returns the answer and
+	// the ID that the handler takes from it.
+	serve := func(id string) (w *httptest.ResponseRecorder, effective string) {
+		reqPath := "/subscribe"
+		switch which {
+		case fuzzSubscribe:
+			if in.idSel&0x40 != 0 {
+				reqPath += "/" + in.raw // the handler takes nothing from its path
+			}
+		case fuzzSubscriber:
+			reqPath = "/sub/" + id
+		case fuzzAuthorize:
+			reqPath = "/authorize"
 		}
-	}
-	set("Origin", in.origin)
-	set("Sec-Fetch-Site", in.site)
-	set("Accept", in.accept)
-	set("Last-Event-ID", in.lastEventID)
-	set("If-None-Match", in.inm)
-	set("If-Modified-Since", in.ims)
-	set("Content-Type", in.ctype)
-	set("Upgrade", in.upgrade)
-	set("Cookie", cookie)
-	if which == fuzzAuthorize {
-		set(sessionpush.AuthorizeHeader, id)
-	} else {
-		set(sessionpush.AuthorizeHeader, f.alice) // never trusted elsewhere
-	}
-	effective := id
-	if which == fuzzSubscriber {
-		if in.idSel&0x80 != 0 {
-			r.SetPathValue("channel", id) // as "GET /sub/{channel}" routes it
+		r := &http.Request{
+			Method:     method,
+			URL:        &url.URL{Path: reqPath, RawQuery: in.query},
+			Proto:      "HTTP/1.1",
+			ProtoMajor: 1, ProtoMinor: 1,
+			Header:     http.Header{},
+			Host:       "app.test",
+			RemoteAddr: "192.0.2.1:1234",
+			RequestURI: reqPath,
+			Body:       http.NoBody,
+		}
+		r = r.WithContext(context.Background())
+		set := func(k, v string) {
+			if v != "" {
+				r.Header.Set(k, v)
+			}
+		}
+		set("Origin", in.origin)
+		set("Sec-Fetch-Site", in.site)
+		set("Accept", in.accept)
+		set("Last-Event-ID", in.lastEventID)
+		set("If-None-Match", in.inm)
+		set("If-Modified-Since", in.ims)
+		set("Content-Type", in.ctype)
+		set("Upgrade", in.upgrade)
+		set("Cookie", cookie)
+		if which == fuzzAuthorize {
+			set(sessionpush.AuthorizeHeader, id)
 		} else {
-			effective = path.Base(r.URL.Path)
+			set(sessionpush.AuthorizeHeader, f.alice) // never trusted elsewhere
 		}
+		effective = id
+		if which == fuzzSubscriber {
+			if in.idSel&0x80 != 0 {
+				r.SetPathValue("channel", id) // as "GET /sub/{channel}" routes it
+			} else {
+				effective = path.Base(r.URL.Path)
+			}
+		}
+		var h http.Handler
+		switch which {
+		case fuzzSubscribe:
+			h = f.mgr.SubscribeHandler()
+		case fuzzSubscriber:
+			h = f.mgr.SubscriberHandler()
+		case fuzzAuthorize:
+			h = f.mgr.AuthorizeHandler()
+		}
+		if in.middleware {
+			h = f.mgr.Middleware(h)
+		}
+		w = httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w, effective
 	}
-
-	var h http.Handler
-	switch which {
-	case fuzzSubscribe:
-		h = f.mgr.SubscribeHandler()
-	case fuzzSubscriber:
-		h = f.mgr.SubscriberHandler()
-	case fuzzAuthorize:
-		h = f.mgr.AuthorizeHandler()
-	}
-	if in.middleware {
-		h = f.mgr.Middleware(h)
-	}
-	w := httptest.NewRecorder()
-	h.ServeHTTP(w, r)
+	w, effective := serve(id)
 	code, body := w.Code, w.Body.String()
 	calls := f.relay.Calls()
 	desc := func() string {
@@ -410,7 +421,36 @@ func runFuzzInput(t *testing.T, which fuzzHandler, in fuzzInput) {
 			t.Fatalf("authorize called the relay: %v", calls)
 		}
 	}
+
+	// No enumeration: a channel refused to this session gets the answer
+	// that a channel never opened gets, with the same request otherwise.
+	if which != fuzzSubscribe && code == http.StatusForbidden && uuidV4(effective) &&
+		effective != f.broadcast && effective != otherNeverOpened {
+		other := otherNeverOpened
+		if which == fuzzSubscriber && in.idSel&0x80 == 0 {
+			// The same path with its last element replaced.
+			other = strings.TrimSuffix(id, effective) + otherNeverOpened
+		}
+		f.relay.Reset()
+		w2, eff2 := serve(other)
+		if eff2 != otherNeverOpened {
+			return // a path whose last element is not at its end ("/sub/<id>/")
+		}
+		h1, h2 := w.Header().Clone(), w2.Header().Clone()
+		h1.Del("Set-Cookie") // a binding the Middleware made: a random ID
+		h2.Del("Set-Cookie")
+		if w2.Code != code || w2.Body.String() != body || !maps.EqualFunc(h1, h2, slices.Equal) {
+			t.Fatalf("%s refused: %d %v %q; a channel never opened: %d %v %q (%s)", effective, code, h1, body, w2.Code, h2, w2.Body, desc())
+		}
+		if n := countOps(f.relay.Calls(), "Open", "Info", "Publish", "ServeSubscriber"); n != 0 {
+			t.Fatalf("a channel never opened: the relay was called: %v", f.relay.Calls())
+		}
+	}
 }
+
+// otherNeverOpened is the channel never opened that a refusal is compared
+// with.
+const otherNeverOpened = "0a9b8c7d-6e5f-4a3b-9c1d-2e3f4a5b6c7d"
 
 func countOps(calls []relayCall, ops ...string) int {
 	n := 0
