@@ -444,7 +444,8 @@ func TestCrossSite(t *testing.T) {
 
 // TestCrossSiteWebSocketRefused: a WebSocket handshake with the owner's
 // own cookie but another site's Origin (cross-site WebSocket hijacking) is
-// refused by the embedded relay, and no listener is added.
+// refused by the embedded relay, and no listener is added; an EventSource
+// from there gets no CORS header that would let the page read it.
 func TestCrossSiteWebSocketRefused(t *testing.T) {
 	a := newApp(t, nil)
 	b := a.browser().login("alice")
@@ -467,6 +468,19 @@ func TestCrossSiteWebSocketRefused(t *testing.T) {
 	if info, err := a.mgr.Relay().Info(ctx, sub.Channel); err != nil || info.Subscribers != 0 {
 		t.Fatalf("channel after the refused handshake: %+v, %v; want no listener", info, err)
 	}
+	// EventSource and long-poll answer no CORS header: another site's page
+	// cannot read the owner's stream, even were the cookie sent.
+	es, code := b.listen(sub.URL, "Origin", "http://evil.example", "Sec-Fetch-Site", "cross-site")
+	if code != 200 {
+		t.Fatalf("owner's EventSource: %d", code)
+	}
+	for k := range es.resp.Header {
+		if strings.HasPrefix(strings.ToLower(k), "access-control-") {
+			t.Errorf("owner's EventSource from another site: %s: %q", k, es.resp.Header[k])
+		}
+	}
+	es.resp.Body.Close()
+
 	// The same handshake from the page's origin is let in.
 	hdr.Set("Origin", a.srv.URL)
 	conn, _, err = websocket.Dial(ctx, "ws://"+u.Host+sub.URL, &websocket.DialOptions{HTTPHeader: hdr, Subprotocols: []string{"ws+meta.nchan"}})
