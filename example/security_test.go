@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/google/uuid"
 
 	"github.com/sessionpush/sessionpush"
 )
@@ -299,5 +300,38 @@ func TestNginxSizeLimits(t *testing.T) {
 	}
 	if after, err := s.relay.Info(t.Context(), sub.Channel); err != nil || after.Messages != before.Messages {
 		t.Errorf("alice's channel: %+v, %v; want %d messages as before", after, err, before.Messages)
+	}
+}
+
+// TestNginxNoChannelEnumeration: through the shipped config, another
+// session's open channel and a channel never opened get the same answer
+// (status, headers but Date, body) on every transport, with a session and
+// without: nchan_authorize_request refuses both before Nchan's own
+// existing-channels-only check could tell them apart.
+func TestNginxNoChannelEnumeration(t *testing.T) {
+	s := startNginxSite(t)
+	alice, bob := newBrowser(t, s.URL), newBrowser(t, s.URL)
+	alice.mustLogin("alice")
+	bob.mustLogin("bob")
+	sub := alice.subscribe()
+	bob.subscribe()
+	never := "/sub/" + uuid.NewString()
+	answer := func(b *browser, path string, hdr []string) string {
+		resp, body := b.do("GET", path, "", "", hdr...)
+		h := resp.Header.Clone()
+		h.Del("Date")
+		return fmt.Sprintf("%d %v %q", resp.StatusCode, h, body)
+	}
+	for name, hdr := range map[string][]string{
+		"long-poll":   {"Last-Event-ID", sub.Cursor},
+		"EventSource": {"Accept", "text/event-stream"},
+		"WebSocket":   {"Connection", "Upgrade", "Upgrade", "websocket", "Sec-WebSocket-Version", "13", "Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="},
+	} {
+		for who, b := range map[string]*browser{"bob": bob, "no session": newBrowser(t, s.URL)} {
+			foreign, unknown := answer(b, sub.URL, hdr), answer(b, never, hdr)
+			if foreign != unknown || !strings.HasPrefix(foreign, "403 ") {
+				t.Errorf("%s, %s: alice's channel: %s\nnever opened: %s\nwant the same 403", who, name, foreign, unknown)
+			}
+		}
 	}
 }
