@@ -335,3 +335,40 @@ func TestNginxNoChannelEnumeration(t *testing.T) {
 		}
 	}
 }
+
+// TestNginxCrossSiteWebSocket: through the shipped config, a WebSocket
+// handshake with the owner's cookie but another site's Origin gets 403
+// (nchan_access_control_allow_origin), and no listener is added; from the
+// page's own origin it is let in.
+func TestNginxCrossSiteWebSocket(t *testing.T) {
+	s := startNginxSite(t)
+	alice := newBrowser(t, s.URL)
+	alice.mustLogin("alice")
+	sub := alice.subscribe()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	dial := func(origin string) (*websocket.Conn, *http.Response, error) {
+		hdr := http.Header{"Origin": {origin}}
+		for _, c := range alice.c.Jar.Cookies(mustParse(t, s.URL)) {
+			hdr.Add("Cookie", c.Name+"="+c.Value)
+		}
+		return websocket.Dial(ctx, "ws://"+strings.TrimPrefix(s.URL, "http://")+sub.URL,
+			&websocket.DialOptions{HTTPHeader: hdr, Subprotocols: []string{"ws+meta.nchan"}})
+	}
+	conn, resp, err := dial("http://evil.example")
+	if err == nil {
+		conn.CloseNow()
+		t.Fatal("cross-site WebSocket handshake accepted")
+	}
+	if resp == nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("cross-site WebSocket handshake: %v, %v; want 403", resp, err)
+	}
+	if info, err := s.relay.Info(ctx, sub.Channel); err != nil || info.Subscribers != 0 {
+		t.Fatalf("channel after the refused handshake: %+v, %v; want no listener", info, err)
+	}
+	conn, _, err = dial(s.URL)
+	if err != nil {
+		t.Fatalf("same-origin handshake: %v", err)
+	}
+	conn.CloseNow()
+}
