@@ -110,7 +110,7 @@ func newFuzzFixture(tb testing.TB) *fuzzFixture {
 	return f
 }
 
-// cookie returns a session cookie value of store with vals.
+// cookieWith returns a session cookie value of store with vals.
 func cookieWith(tb testing.TB, store *sessions.CookieStore, vals map[string]any) string {
 	tb.Helper()
 	r := httptest.NewRequest("GET", "/", nil)

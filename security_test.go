@@ -149,7 +149,7 @@ func TestNoChannelEnumeration(t *testing.T) {
 	}
 }
 
-// noClient is a client that follows no redirect and keeps no cookie.
+// noRedirect is a client that follows no redirect and keeps no cookie.
 var noRedirect = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 
 // TestInjectionThroughIDs sends channel IDs built to inject headers, walk
@@ -326,7 +326,7 @@ func rawExchangeCount(t *testing.T, addr string, body io.Reader) (int, http.Head
 	return 0, nil, 0
 }
 
-// zeros is an endless reader of a byte, counting what was read.
+// repeatReader yields left copies of byte b.
 type repeatReader struct {
 	b    byte
 	left int64
