@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/sessionpush/sessionpush"
 	"github.com/sessionpush/sessionpush/hub"
+	"github.com/sessionpush/sessionpush/internal/farm"
 	"github.com/sessionpush/sessionpush/internal/servers"
 	"github.com/sessionpush/sessionpush/nchan"
 	"github.com/sessionpush/sessionpush/relay"
@@ -256,31 +256,28 @@ func runMode(t *testing.T, tg *target, broadcast bool, n, rounds, concurrency in
 
 	// The messages: a warm-up (round 0), then the measured rounds.
 	total := rounds + 1
-	payloads := make([]any, total)
-	want := make([]string, total)
-	for r := range payloads {
-		payloads[r] = map[string]any{"type": "bench", "round": r, "mode": mode}
-		b, _ := json.Marshal(payloads[r])
-		want[r] = string(b)
+	keys := make([]string, total)
+	for r := range keys {
+		keys[r] = fmt.Sprintf("%s-%s-%d", tg.name, strings.ReplaceAll(mode, " ", "-"), r)
 	}
 
-	var paths, cursors []string
+	var ls []farm.Listener
 	if broadcast {
 		c := openAll(t, tg.relay, []string{broadcastID})[0]
 		if err := tg.uncap(broadcastID); err != nil {
 			t.Fatal(err)
 		}
 		for range n {
-			paths, cursors = append(paths, "/sub/"+broadcastID), append(cursors, c)
+			ls = append(ls, farm.Listener{Addr: tg.addr, Path: "/sub/" + broadcastID, LastEventID: c})
 		}
 	} else {
-		cursors = openAll(t, tg.relay, ids)
-		for _, id := range ids {
-			paths = append(paths, "/sub/"+id)
+		cursors := openAll(t, tg.relay, ids)
+		for i, id := range ids {
+			ls = append(ls, farm.Listener{Addr: tg.addr, Path: "/sub/" + id, LastEventID: cursors[i]})
 		}
 	}
 
-	f := startFarm(t, tg.addr, paths, cursors, want)
+	f := farm.Start(t, farm.Options{Listeners: ls})
 	if broadcast {
 		waitInfo(t, tg.relay, []string{broadcastID}, n, time.Minute)
 	} else {
@@ -294,7 +291,7 @@ func runMode(t *testing.T, tg *target, broadcast bool, n, rounds, concurrency in
 			tg.http.reset()
 		}
 		start := time.Now()
-		reached, err := mgr.Broadcast(context.Background(), payloads[r])
+		reached, err := mgr.Broadcast(context.Background(), farm.NewStamp(keys[r]))
 		call := time.Since(start)
 		if err != nil {
 			t.Fatalf("%s %s: Broadcast %d: %v", tg.name, mode, r, err)
@@ -302,11 +299,12 @@ func runMode(t *testing.T, tg *target, broadcast bool, n, rounds, concurrency in
 		if reached != n {
 			t.Errorf("%s %s: Broadcast %d reached %d, want %d", tg.name, mode, r, reached, n)
 		}
-		at, ok := f.wait(t, r, wait)
-		if !ok {
-			t.Fatalf("%s %s: round %d: not every listener got the message within %v: %s", tg.name, mode, r, wait, f.check(t))
+		st, err := f.Wait(keys[r], n, wait)
+		if err != nil {
+			v, _ := f.Check(keys[:r+1], 0)
+			t.Fatalf("%s %s: round %d: %v (%d of %d deliveries): %s", tg.name, mode, r, err, st.Count, n, v)
 		}
-		last := at.Sub(start)
+		last := st.Last.Sub(start)
 		if r == 0 {
 			continue // warm-up
 		}
@@ -322,10 +320,12 @@ func runMode(t *testing.T, tg *target, broadcast bool, n, rounds, concurrency in
 			res.post = max(res.post, tg.http.post.Load()+tg.http.other.Load())
 		}
 	}
-	if v := f.check(t); v != "" {
-		t.Errorf("%s %s: %s", tg.name, mode, v)
+	if v, err := f.Check(keys, 300*time.Millisecond); err != nil || v != "" {
+		t.Errorf("%s %s: %s %v", tg.name, mode, v, err)
 	}
-	f.in.Close() // the farm closes its listeners and exits
+	if err := f.Close(); err != nil { // the farm closes its listeners and exits
+		t.Error(err)
+	}
 
 	if !broadcast {
 		// Close the channels so that the next mode starts clean.

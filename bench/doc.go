@@ -27,13 +27,14 @@
 //	SESSIONPUSH_BENCH_CONCURRENCY  Config.Concurrency (default 0: sessionpush.DefaultConcurrency)
 //	SESSIONPUSH_REQUIRE_SERVERS=1  fail instead of skipping when nginx or Nchan is missing
 //
-// The listeners live in a child process (this test binary again, as
-// TestListenerFarm), so that the client side has descriptors of its own:
-// RLIMIT_NOFILE is 20000 here and its hard limit cannot be raised without
-// CAP_SYS_RESOURCE, while the embedded relay's N server ends and N client
-// ends would need 2N in one process. Each listener is a raw TCP connection
-// with an HTTP/1.1 EventSource request (Last-Event-ID: the cursor that Open
-// returned) read by one goroutine with relaytest.ReadEvent; the farm reports
-// the wall-clock time of each message's N-th delivery. nginx gets
-// worker_rlimit_nofile and worker_connections for 2N.
+// The listeners live in a child process, the farm of internal/farm (this
+// test binary again; TestMain calls farm.Main), so that the client side has
+// descriptors of its own: RLIMIT_NOFILE is 20000 here and its hard limit
+// cannot be raised without CAP_SYS_RESOURCE, while the embedded relay's N
+// server ends and N client ends would need 2N in one process. Each listener
+// is a raw TCP connection with an HTTP/1.1 EventSource request
+// (Last-Event-ID: the cursor that Open returned); the farm reports each
+// message's deliveries, the time of the last one and latencies from the send
+// time in the body. nginx gets worker_rlimit_nofile and worker_connections
+// for 2N.
 package bench
