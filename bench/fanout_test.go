@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -118,8 +119,9 @@ type burst struct {
 
 // publishBurst publishes one message to each of ids (one ID may repeat:
 // the broadcast channel) from p goroutines, each message stamped with its
-// send time, and waits for n deliveries of key.
-func publishBurst(t *testing.T, s *side, ids []string, p int, key string, n int) burst {
+// send time, and waits for n deliveries of key. With pace > 0 the i-th
+// message is sent no earlier than i/pace seconds after the first.
+func publishBurst(t *testing.T, s *side, ids []string, p int, key string, n int, pace float64) burst {
 	s.keys = append(s.keys, key)
 	cpu0, err := s.cpu()
 	if err != nil {
@@ -138,6 +140,10 @@ func publishBurst(t *testing.T, s *side, ids []string, p int, key string, n int)
 				i := next.Add(1) - 1
 				if i >= int64(len(ids)) {
 					return
+				}
+				if pace > 0 {
+					// Pacing, not synchronisation: the send schedule.
+					time.Sleep(time.Until(start.Add(time.Duration(float64(i) / pace * float64(time.Second)))))
 				}
 				m := relay.Message{Body: farm.Body(key, time.Now(), 0), ContentType: "application/json"}
 				if _, err := s.rel.Publish(ctx, ids[i], m); err != nil {
@@ -313,7 +319,7 @@ func fanoutFigures(t *testing.T, cfg suiteConfig, out *rows) {
 			}
 			var be, bg burst
 			for _, s := range order {
-				b := publishBurst(t, s, ids, cfg.publishP, fmt.Sprintf("fanout-%s-%d", s.name, r), n)
+				b := publishBurst(t, s, ids, cfg.publishP, fmt.Sprintf("fanout-%s-%d", s.name, r), n, 0)
 				if s == em {
 					be = b
 				} else {
@@ -325,6 +331,41 @@ func fanoutFigures(t *testing.T, cfg suiteConfig, out *rows) {
 			}
 		}
 		addBurstRows(out, fmt.Sprintf("one message to each of %d channels", n), e, g, 2)
+
+		// The same, paced below both relays' capacity, so that the
+		// latency is the relay's and not the queue of a burst.
+		e, g = nil, nil
+		for r := range cfg.runs {
+			order := []*side{em, nc}
+			if r%2 == 1 {
+				order = []*side{nc, em}
+			}
+			var be, bg burst
+			for _, s := range order {
+				b := publishBurst(t, s, ids, cfg.publishP, fmt.Sprintf("paced-%s-%d", s.name, r), n, cfg.pace)
+				if s == em {
+					be = b
+				} else {
+					bg = b
+				}
+			}
+			e, g = append(e, be), append(g, bg)
+		}
+		paced := fmt.Sprintf("one message to each of %d channels, paced at %.0f/s", n, cfg.pace)
+		for _, x := range []struct {
+			what   string
+			v      func(burst) float64
+			target string
+			holds  func(s, b, r float64) bool
+		}{
+			{"latency p50", func(b burst) float64 { return float64(b.p50) / 1e6 }, "", nil},
+			{"latency p99", func(b burst) float64 { return float64(b.p99) / 1e6 }, "≤ 1×", func(_, _, r float64) bool { return r <= 1 }},
+			{"server CPU per delivery", func(b burst) float64 { return float64(b.cpuPerDelivery) / 1e3 }, "", nil},
+		} {
+			out.add(row{fig: "3", measure: paced + ": " + x.what, subject: "embedded", base: "nchan",
+				unit: map[bool]string{true: "µs", false: "ms"}[strings.Contains(x.what, "CPU")],
+				subj: burstValues(e, x.v), baseV: burstValues(g, x.v), target: x.target, holds: x.holds})
+		}
 
 		// Figure 5, per-channel fan-out: Manager.Broadcast to the N
 		// channels in its store.
@@ -381,7 +422,7 @@ func fanoutFigures(t *testing.T, cfg suiteConfig, out *rows) {
 			}
 			var be, bg burst
 			for _, s := range order {
-				b := publishBurst(t, s, one, 1, fmt.Sprintf("one-%s-%d", s.name, r), n)
+				b := publishBurst(t, s, one, 1, fmt.Sprintf("one-%s-%d", s.name, r), n, 0)
 				if s == em {
 					be = b
 				} else {
@@ -424,14 +465,16 @@ func fanoutFigures(t *testing.T, cfg suiteConfig, out *rows) {
 	})
 }
 
-func addBurstRows(out *rows, what string, e, g []burst, rateTarget float64) {
-	f := func(bs []burst, v func(burst) float64) []float64 {
-		r := make([]float64, len(bs))
-		for i, b := range bs {
-			r[i] = v(b)
-		}
-		return r
+func burstValues(bs []burst, v func(burst) float64) []float64 {
+	r := make([]float64, len(bs))
+	for i, b := range bs {
+		r[i] = v(b)
 	}
+	return r
+}
+
+func addBurstRows(out *rows, what string, e, g []burst, rateTarget float64) {
+	f := burstValues
 	base := row{fig: "3", subject: "embedded", base: "nchan"}
 	add := func(measure, unit string, v func(burst) float64, target string, holds func(s, b, r float64) bool) {
 		x := base

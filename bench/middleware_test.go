@@ -2,6 +2,7 @@ package bench
 
 import (
 	"encoding/json"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -167,10 +168,19 @@ func middlewareFigures(t *testing.T, cfg suiteConfig, out *rows) {
 	if !cfg.full {
 		return
 	}
+	// Many short benchmarks, bare and Middleware in turns (alternating which
+	// goes first), so that the machine's drift hits both alike.
+	if f := flag.Lookup("test.benchtime"); f != nil {
+		old := f.Value.String()
+		f.Value.Set("300ms")
+		defer f.Value.Set(old)
+	}
 	for _, c := range cases {
 		var ns, allocs, bytes [2][]float64 // [0] bare, [1] middleware
-		for range cfg.runs {
-			for i, f := range []func(*http.Request) error{c.bare, c.mw} {
+		for run := range 2*cfg.runs + 1 {
+			for k := range 2 {
+				i := (k + run) % 2
+				f := []func(*http.Request) error{c.bare, c.mw}[i]
 				var failed error
 				r := testing.Benchmark(func(b *testing.B) {
 					b.ReportAllocs()

@@ -1,20 +1,21 @@
 package bench
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -80,123 +81,211 @@ func leanRequest(addr, path string) []byte {
 		path, addr, publishType, len(publishBody), publishBody)
 }
 
-// runLean is the lean load generator (wrk's way): conc raw TCP keep-alive
-// connections, each sending the prebuilt request and reading the answer's
-// status line and headers, skipping Content-Length bytes of body, for d. A
-// connection that the server closes (nginx's keepalive_requests) is dialled
-// again.
+// runLean is the lean load generator, built the way wrk is: one thread,
+// an epoll loop over conc non-blocking keep-alive TCP connections, each
+// sending the prebuilt request again as soon as the answer to the previous
+// one is in (status line, headers up to Content-Length, body skipped). A
+// connection that the server closes (nginx's keepalive_requests) is
+// dialled again. After d it sends nothing more and counts the answers still
+// in flight.
 func runLean(addr string, req []byte, conc int, d time.Duration) (rate, error) {
-	var (
-		n    atomic.Int64
-		stop atomic.Bool
-		fail atomic.Value
-		wg   sync.WaitGroup
-	)
-	dial := func() (net.Conn, *bufio.Reader, error) {
-		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-		if err != nil {
-			return nil, nil, err
-		}
-		return c, bufio.NewReaderSize(c, 4096), nil
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || !ap.Addr().Is4() {
+		return rate{}, fmt.Errorf("lean generator: %q is not an IPv4 host:port", addr)
 	}
-	conns := make([]net.Conn, conc)
-	readers := make([]*bufio.Reader, conc)
-	for i := range conc {
-		c, br, err := dial()
+	sa := &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return rate{}, err
+	}
+	defer syscall.Close(epfd)
+
+	type conn struct {
+		fd      int
+		buf     []byte
+		waiting bool // a request is in flight
+	}
+	conns := map[int]*conn{}
+	defer func() {
+		for fd := range conns {
+			syscall.Close(fd)
+		}
+	}()
+	dial := func() (*conn, error) {
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 		if err != nil {
-			for _, c := range conns[:i] {
-				c.Close()
-			}
+			return nil, err
+		}
+		// Connect blocking (loopback: at once), then go non-blocking.
+		if err := syscall.Connect(fd, sa); err != nil {
+			syscall.Close(fd)
+			return nil, err
+		}
+		syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
+		if err := syscall.SetNonblock(fd, true); err != nil {
+			syscall.Close(fd)
+			return nil, err
+		}
+		ev := syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(fd)}
+		if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
+			syscall.Close(fd)
+			return nil, err
+		}
+		c := &conn{fd: fd, buf: make([]byte, 0, 4096)}
+		conns[fd] = c
+		return c, nil
+	}
+	send := func(c *conn) error {
+		n, err := syscall.Write(c.fd, req)
+		if err != nil {
+			return err
+		}
+		if n != len(req) { // a fresh loopback socket takes a small request whole
+			return fmt.Errorf("lean generator: short write %d of %d", n, len(req))
+		}
+		c.waiting = true
+		return nil
+	}
+	for range conc {
+		if _, err := dial(); err != nil {
 			return rate{}, err
 		}
-		conns[i], readers[i] = c, br
 	}
+	var (
+		count    int64
+		inFlight int
+		stopped  bool
+		events   = make([]syscall.EpollEvent, 128)
+		scratch  = make([]byte, 16<<10)
+	)
 	start := time.Now()
-	timer := time.AfterFunc(d, func() { stop.Store(true) })
-	defer timer.Stop()
-	for i := range conc {
-		wg.Go(func() {
-			c, br := conns[i], readers[i]
-			defer func() { c.Close() }()
-			for !stop.Load() {
-				if _, err := c.Write(req); err != nil {
-					fail.CompareAndSwap(nil, err)
-					stop.Store(true)
-					return
+	deadline := start.Add(d)
+	for _, c := range conns {
+		if err := send(c); err != nil {
+			return rate{}, err
+		}
+		inFlight++
+	}
+	last := start
+	for inFlight > 0 {
+		if !stopped && !time.Now().Before(deadline) {
+			stopped = true
+		}
+		if time.Since(deadline) > 5*time.Second {
+			return rate{}, fmt.Errorf("lean generator: %d answers missing 5s after the end", inFlight)
+		}
+		n, err := syscall.EpollWait(epfd, events, 50)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return rate{}, err
+		}
+		for _, ev := range events[:n] {
+			c := conns[int(ev.Fd)]
+			if c == nil {
+				continue
+			}
+			m, err := syscall.Read(c.fd, scratch)
+			if err == syscall.EAGAIN {
+				continue
+			}
+			if err != nil {
+				return rate{}, err
+			}
+			if m == 0 {
+				if c.waiting {
+					return rate{}, errors.New("lean generator: connection closed with a request in flight")
 				}
-				status, closing, err := readAnswer(br)
+				continue
+			}
+			c.buf = append(c.buf, scratch[:m]...)
+			for c.waiting {
+				used, status, closing, err := parseAnswer(c.buf)
 				if err != nil {
-					fail.CompareAndSwap(nil, err)
-					stop.Store(true)
-					return
+					return rate{}, err
 				}
+				if used == 0 {
+					break // incomplete
+				}
+				c.buf = c.buf[:copy(c.buf, c.buf[used:])]
+				c.waiting = false
+				inFlight--
 				if status != 201 && status != 202 {
-					fail.CompareAndSwap(nil, fmt.Errorf("lean generator: status %d", status))
-					stop.Store(true)
-					return
+					return rate{}, fmt.Errorf("lean generator: status %d", status)
 				}
-				n.Add(1)
+				count++
+				last = time.Now()
 				if closing {
-					c.Close()
-					if c, br, err = dial(); err != nil {
-						fail.CompareAndSwap(nil, err)
-						stop.Store(true)
-						return
+					syscall.Close(c.fd)
+					delete(conns, c.fd)
+					if stopped {
+						break
+					}
+					if c, err = dial(); err != nil {
+						return rate{}, err
 					}
 				}
+				if !stopped {
+					if err := send(c); err != nil {
+						return rate{}, err
+					}
+					inFlight++
+				}
 			}
-		})
+		}
 	}
-	wg.Wait()
-	r := rate{requests: n.Load(), elapsed: time.Since(start)}
-	if err, _ := fail.Load().(error); err != nil {
-		return r, err
-	}
-	return r, nil
+	return rate{requests: count, elapsed: last.Sub(start)}, nil
 }
 
 var errBadAnswer = errors.New("lean generator: malformed answer")
 
-// readAnswer reads one HTTP/1.1 answer: the status, whether the server
-// closes the connection after it, and its Content-Length body, skipped.
-func readAnswer(br *bufio.Reader) (status int, closing bool, err error) {
-	line, err := br.ReadSlice('\n')
-	if err != nil {
-		return 0, false, err
+// parseAnswer parses one HTTP/1.1 answer at the start of b: how many bytes
+// it takes (0: incomplete), its status and whether the server closes the
+// connection after it. It needs a Content-Length, as Nchan sends.
+func parseAnswer(b []byte) (used, status int, closing bool, err error) {
+	end := bytes.Index(b, []byte("\r\n\r\n"))
+	if end < 0 {
+		if len(b) > 8192 {
+			return 0, 0, false, fmt.Errorf("%w: no end of headers in %d bytes", errBadAnswer, len(b))
+		}
+		return 0, 0, false, nil
 	}
+	head := b[:end]
+	line, rest, _ := bytes.Cut(head, []byte("\r\n"))
 	if len(line) < 12 || !bytes.HasPrefix(line, []byte("HTTP/1.1 ")) {
-		return 0, false, fmt.Errorf("%w: status line %q", errBadAnswer, line)
+		return 0, 0, false, fmt.Errorf("%w: status line %q", errBadAnswer, line)
 	}
 	status = int(line[9]-'0')*100 + int(line[10]-'0')*10 + int(line[11]-'0')
 	length := -1
-	for {
-		h, err := br.ReadSlice('\n')
-		if err != nil {
-			return 0, false, err
+	for len(rest) > 0 {
+		var h []byte
+		h, rest, _ = bytes.Cut(rest, []byte("\r\n"))
+		name, value, ok := bytes.Cut(h, []byte(":"))
+		if !ok {
+			continue
 		}
-		if len(h) <= 2 {
-			break
-		}
-		if name, value, ok := bytes.Cut(h, []byte(":")); ok {
-			value = bytes.TrimSpace(value)
-			switch {
-			case bytes.EqualFold(name, []byte("Content-Length")):
-				length, err = strconv.Atoi(string(value))
-				if err != nil {
-					return 0, false, fmt.Errorf("%w: Content-Length %q", errBadAnswer, value)
-				}
-			case bytes.EqualFold(name, []byte("Connection")):
-				closing = bytes.EqualFold(value, []byte("close"))
+		value = bytes.TrimSpace(value)
+		switch {
+		case bytes.EqualFold(name, []byte("Content-Length")):
+			length, err = strconv.Atoi(string(value))
+			if err != nil {
+				return 0, 0, false, fmt.Errorf("%w: Content-Length %q", errBadAnswer, value)
 			}
+		case bytes.EqualFold(name, []byte("Connection")):
+			closing = bytes.EqualFold(value, []byte("close"))
 		}
 	}
 	if length < 0 {
-		return 0, false, fmt.Errorf("%w: no Content-Length", errBadAnswer)
+		return 0, 0, false, fmt.Errorf("%w: no Content-Length", errBadAnswer)
 	}
-	if _, err := br.Discard(length); err != nil {
-		return 0, false, err
+	total := end + 4 + length
+	if len(b) < total {
+		return 0, 0, false, nil
 	}
-	return status, closing, nil
+	return total, status, closing, nil
 }
 
 var wrkRate = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)

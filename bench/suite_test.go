@@ -24,11 +24,12 @@ type suiteConfig struct {
 	runs      int           // measured runs (rounds) per figure
 	pubDur    time.Duration // per load generator, per concurrency, per run
 	pubConc   []int
-	publishP  int // publishing goroutines of figure 3
+	publishP  int     // publishing goroutines of figure 3
+	pace      float64 // messages per second of figure 3's paced variant
 }
 
 func loadSuiteConfig(t *testing.T) suiteConfig {
-	c := suiteConfig{listeners: 100, runs: 1, pubDur: 100 * time.Millisecond, pubConc: []int{1, 16, 64}, publishP: 8}
+	c := suiteConfig{listeners: 100, runs: 1, pubDur: 100 * time.Millisecond, pubConc: []int{1, 16, 64}, publishP: 8, pace: 5000}
 	switch os.Getenv("SESSIONPUSH_BENCH") {
 	case "":
 	case "full":
