@@ -1,8 +1,9 @@
 package bench
 
 import (
-	"os"
 	"testing"
+
+	"go.uber.org/goleak"
 
 	"github.com/sessionpush/sessionpush/internal/farm"
 )
@@ -10,5 +11,5 @@ import (
 // TestMain lets this test binary serve as the listener farm (internal/farm).
 func TestMain(m *testing.M) {
 	farm.Main()
-	os.Exit(m.Run())
+	goleak.VerifyTestMain(m)
 }

@@ -172,12 +172,12 @@ func middlewareFigures(t *testing.T, cfg suiteConfig, out *rows) {
 	// goes first), so that the machine's drift hits both alike.
 	if f := flag.Lookup("test.benchtime"); f != nil {
 		old := f.Value.String()
-		f.Value.Set("300ms")
+		f.Value.Set("200ms")
 		defer f.Value.Set(old)
 	}
 	for _, c := range cases {
 		var ns, allocs, bytes [2][]float64 // [0] bare, [1] middleware
-		for run := range 2*cfg.runs + 1 {
+		for run := range 4*cfg.runs + 1 {
 			for k := range 2 {
 				i := (k + run) % 2
 				f := []func(*http.Request) error{c.bare, c.mw}[i]
