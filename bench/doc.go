@@ -4,7 +4,7 @@
 //
 // # Running it
 //
-// The full suite, about two minutes on a 2-core machine (bounded to well
+// The full suite, two to three minutes on a 2-core machine (bounded to well
 // under ten), printing one markdown table:
 //
 //	SESSIONPUSH_BENCH=full go test ./bench -run TestSuite -v -timeout 15m
