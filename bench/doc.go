@@ -13,6 +13,10 @@
 // (N = 100 listeners, one run, 100 ms of load per generator) that asserts
 // correctness only, never timing, and runs in CI under go test -race ./....
 //
+// Parts of it run alone by subtest: -run 'TestSuite/middleware' (figure 1),
+// 'TestSuite/publish' (2), 'TestSuite/fanout' (3 to 5),
+// 'TestSuite/fanout/channels' (3, 4 and the fan-out half of 5).
+//
 // Environment:
 //
 //	SESSIONPUSH_BENCH=full           the full run (N = 10,000, 5 runs)
