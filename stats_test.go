@@ -312,3 +312,25 @@ func TestStatsConcurrent(t *testing.T) {
 		t.Errorf("%+v", s)
 	}
 }
+
+// Reading the Manager's counters, here after two sign-ins, three pushes
+// (one to a channel that is not open) and a logout.
+func ExampleManager_Stats() {
+	kit, _ := sessionpushtest.NewKit(sessionpush.Config{Logger: slog.New(slog.DiscardHandler)})
+	ctx := context.Background()
+	_, alice, _ := kit.SignIn(httptest.NewRequest("GET", "/", nil), "alice")
+	kit.SignIn(httptest.NewRequest("GET", "/", nil), "bob")
+	kit.Manager.PushJSON(ctx, alice, "one")
+	kit.Manager.PushUser(ctx, "bob", "two")
+	kit.Manager.PushJSON(ctx, "00000000-0000-4000-8000-000000000000", "nobody")
+	kit.Manager.CloseChannel(ctx, alice)
+
+	s := kit.Manager.Stats()
+	fmt.Println("opened:", s.ChannelsOpened, "closed:", s.ChannelsClosed.Closed, "open now:", s.OpenChannels)
+	fmt.Println("pushes:", s.Pushes, "not found:", s.PushFailures.NotFound)
+	fmt.Println("relay errors:", s.RelayErrors, "relay stats:", len(s.Relay))
+	// Output:
+	// opened: 2 closed: 1 open now: 1
+	// pushes: 2 not found: 1
+	// relay errors: 0 relay stats: 0
+}

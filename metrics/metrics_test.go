@@ -1,0 +1,377 @@
+package metrics_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/gorilla/securecookie"
+	"github.com/gorilla/sessions"
+
+	"github.com/sessionpush/sessionpush"
+	"github.com/sessionpush/sessionpush/metrics"
+	"github.com/sessionpush/sessionpush/relay"
+	"github.com/sessionpush/sessionpush/sessionpushtest"
+)
+
+// fill sets every uint64 field of the struct v points to, recursively, to
+// a distinct number from 1 up, and returns how many it set.
+func fill(v reflect.Value, next *uint64) int {
+	n := 0
+	for i := 0; i < v.NumField(); i++ {
+		f := v.Field(i)
+		switch f.Kind() {
+		case reflect.Uint64:
+			*next++
+			f.SetUint(*next)
+			n++
+		case reflect.Struct:
+			n += fill(f, next)
+		}
+	}
+	return n
+}
+
+func write(t *testing.T, s sessionpush.Stats) (*exposition, string) {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := metrics.Write(&buf, s); err != nil {
+		t.Fatal(err)
+	}
+	x, err := parseExposition(buf.String())
+	if err != nil {
+		t.Fatalf("%v\n%s", err, buf.String())
+	}
+	return x, buf.String()
+}
+
+// TestWriteKitStats gives every counter of Stats a distinct value and
+// finds each in its series: a field written to the wrong series, or not at
+// all, fails.
+func TestWriteKitStats(t *testing.T) {
+	var s sessionpush.Stats
+	var next uint64
+	fields := fill(reflect.ValueOf(&s).Elem(), &next)
+	s.OpenChannels = 4242
+	x, text := write(t, s)
+
+	type want struct {
+		name   string
+		labels []string
+		value  uint64
+	}
+	c, f, r := s.ChannelsClosed, s.PushFailures, s.Refused
+	wants := []want{
+		{"sessionpush_channels_opened_total", nil, s.ChannelsOpened},
+		{"sessionpush_channels_closed_total", []string{"cause", "logout"}, c.Logout},
+		{"sessionpush_channels_closed_total", []string{"cause", "replaced"}, c.Replaced},
+		{"sessionpush_channels_closed_total", []string{"cause", "closed"}, c.Closed},
+		{"sessionpush_channels_closed_total", []string{"cause", "expired"}, c.Expired},
+		{"sessionpush_channels_closed_total", []string{"cause", "lost"}, c.Lost},
+		{"sessionpush_pushes_total", nil, s.Pushes},
+		{"sessionpush_push_failures_total", []string{"reason", "invalid_id"}, f.InvalidID},
+		{"sessionpush_push_failures_total", []string{"reason", "too_large"}, f.TooLarge},
+		{"sessionpush_push_failures_total", []string{"reason", "encode"}, f.Encode},
+		{"sessionpush_push_failures_total", []string{"reason", "not_found"}, f.NotFound},
+		{"sessionpush_push_failures_total", []string{"reason", "store"}, f.Store},
+		{"sessionpush_push_failures_total", []string{"reason", "relay"}, f.Relay},
+		{"sessionpush_failed_relay_requests_total", nil, s.RelayErrors},
+	}
+	for _, h := range []struct {
+		name string
+		r    sessionpush.Refused
+	}{{"subscribe", r.Subscribe}, {"subscriber", r.Subscriber}, {"authorize", r.Authorize}} {
+		for _, v := range []struct {
+			reason string
+			n      uint64
+		}{
+			{"method", h.r.Method}, {"cross_origin", h.r.CrossOrigin}, {"not_signed_in", h.r.NotSignedIn},
+			{"not_owner", h.r.NotOwner}, {"invalid_id", h.r.InvalidID}, {"no_endpoint", h.r.NoEndpoint},
+			{"relay_refused", h.r.RelayRefused}, {"error", h.r.Error},
+		} {
+			wants = append(wants, want{"sessionpush_refused_requests_total", []string{"handler", h.name, "reason", v.reason}, v.n})
+		}
+	}
+	if len(wants) != fields {
+		t.Fatalf("Stats has %d counters, the test knows %d: a new field needs a series", fields, len(wants))
+	}
+	seen := map[uint64]bool{}
+	for _, w := range wants {
+		got, ok := x.value(w.name, w.labels...)
+		if !ok || got != float64(w.value) {
+			t.Errorf("%s%v = %v (%v), want %d", w.name, w.labels, got, ok, w.value)
+		}
+		seen[w.value] = true
+	}
+	if len(seen) != fields {
+		t.Errorf("the test maps %d distinct values to %d counters", len(seen), fields)
+	}
+	if v, ok := x.value("sessionpush_channels_open"); !ok || v != 4242 {
+		t.Errorf("sessionpush_channels_open = %v, %v", v, ok)
+	}
+	// Every kit family has HELP and the right TYPE; counters end in _total.
+	samples := 0
+	for _, fam := range x.Families {
+		samples += len(fam.Samples)
+		if !fam.HasHelp || fam.Help == "" {
+			t.Errorf("%s: no HELP", fam.Name)
+		}
+		wantType := "counter"
+		if !strings.HasSuffix(fam.Name, "_total") {
+			wantType = "gauge"
+		}
+		if fam.Type != wantType {
+			t.Errorf("%s: TYPE %s, want %s", fam.Name, fam.Type, wantType)
+		}
+	}
+	if want := fields + 2; samples != want { // + channels_open, invalid_relay_stats
+		t.Errorf("%d samples, want %d:\n%s", samples, want, text)
+	}
+
+	// A Store that cannot count: no gauge rather than a false number.
+	s.OpenChannels = -1
+	x, _ = write(t, s)
+	if _, ok := x.byName["sessionpush_channels_open"]; ok {
+		t.Error("sessionpush_channels_open written for an unknown count")
+	}
+}
+
+// TestWriteRelayStats writes awkward relay stats: every label value and
+// help text must come back unchanged through the strict reader, and the
+// invalid ones must be left out and counted.
+func TestWriteRelayStats(t *testing.T) {
+	weird := "a \"quoted\" \\back\\slash\nnew line, {braces}=,é"
+	stats := []relay.Stat{
+		{Name: "listeners", Help: "Listeners now.", Gauge: true, Labels: [][2]string{{"transport", "websocket"}}, Value: 3},
+		{Name: "publishes_total", Help: "Help with \\ and\nnewline \"quotes\".", Value: 7},
+		{Name: "listeners", Gauge: true, Labels: [][2]string{{"transport", "eventsource"}}, Value: 2}, // same family, later
+		{Name: "weird", Gauge: true, Labels: [][2]string{{"v", weird}, {"_x", ""}}, Value: math.Inf(1)},
+		{Name: "odd_values", Gauge: true, Labels: [][2]string{{"k", "nan"}}, Value: math.NaN()},
+		{Name: "odd_values", Gauge: true, Labels: [][2]string{{"k", "neg"}}, Value: math.Inf(-1)},
+		{Name: "odd_values", Gauge: true, Labels: [][2]string{{"k", "tiny"}}, Value: 1e-300},
+		{Name: "odd_values", Gauge: true, Labels: [][2]string{{"k", "big"}}, Value: 1e300},
+		{Name: "bad_utf8", Gauge: true, Labels: [][2]string{{"v", "a\xffb"}}, Value: 1},
+		// Invalid: each is left out and counted.
+		{Name: "", Value: 1},
+		{Name: "has-dash", Value: 1},
+		{Name: "has space", Value: 1},
+		{Name: "x", Labels: [][2]string{{"9lead", "v"}}, Value: 1},
+		{Name: "x", Labels: [][2]string{{"__reserved", "v"}}, Value: 1},
+		{Name: "x", Labels: [][2]string{{"a-b", "v"}}, Value: 1},
+		{Name: "x", Labels: [][2]string{{"a", "1"}, {"a", "2"}}, Value: 1},
+		{Name: "listeners", Gauge: false, Labels: [][2]string{{"transport", "longpoll"}}, Value: 1}, // type differs
+		{Name: "listeners", Gauge: true, Labels: [][2]string{{"transport", "websocket"}}, Value: 9}, // repeated
+		{Name: "publishes_total", Value: -1},                                                        // repeated series, and negative
+		{Name: "negative_total", Value: -5},                                                         // a counter going down
+		{Name: "nan_total", Value: math.NaN()},
+	}
+	const invalid = 12
+	x, text := write(t, sessionpush.Stats{OpenChannels: -1, Relay: stats})
+
+	if v, _ := x.value("sessionpush_invalid_relay_stats"); v != invalid {
+		t.Errorf("invalid relay stats: %v, want %d\n%s", v, invalid, text)
+	}
+	checks := []struct {
+		name   string
+		labels []string
+		value  float64
+	}{
+		{"sessionpush_relay_listeners", []string{"transport", "websocket"}, 3},
+		{"sessionpush_relay_listeners", []string{"transport", "eventsource"}, 2},
+		{"sessionpush_relay_publishes_total", nil, 7},
+		{"sessionpush_relay_weird", []string{"v", weird, "_x", ""}, math.Inf(1)},
+		{"sessionpush_relay_odd_values", []string{"k", "neg"}, math.Inf(-1)},
+		{"sessionpush_relay_odd_values", []string{"k", "tiny"}, 1e-300},
+		{"sessionpush_relay_odd_values", []string{"k", "big"}, 1e300},
+		{"sessionpush_relay_bad_utf8", []string{"v", "a\uFFFDb"}, 1},
+	}
+	for _, c := range checks {
+		if v, ok := x.value(c.name, c.labels...); !ok || v != c.value {
+			t.Errorf("%s%q = %v (%v), want %v", c.name, c.labels, v, ok, c.value)
+		}
+	}
+	if v, ok := x.value("sessionpush_relay_odd_values", "k", "nan"); !ok || !math.IsNaN(v) {
+		t.Errorf("NaN gauge: %v %v", v, ok)
+	}
+	fam := x.byName["sessionpush_relay_publishes_total"]
+	if fam.Type != "counter" || fam.Help != "Help with \\ and\nnewline \"quotes\"." || len(fam.Samples) != 1 {
+		t.Errorf("publishes_total: %+v", fam)
+	}
+	if fam := x.byName["sessionpush_relay_listeners"]; fam.Type != "gauge" || fam.Help != "Listeners now." || len(fam.Samples) != 2 {
+		t.Errorf("listeners: %+v", fam)
+	}
+	for _, bad := range []string{"sessionpush_relay_", "sessionpush_relay_x", "sessionpush_relay_negative_total", "sessionpush_relay_nan_total"} {
+		if _, ok := x.byName[bad]; ok {
+			t.Errorf("%s written", bad)
+		}
+	}
+	// Relay families follow the kit's, in the order of first appearance.
+	var relayOrder []string
+	for _, f := range x.Families {
+		if name, ok := strings.CutPrefix(f.Name, metrics.RelayPrefix); ok {
+			relayOrder = append(relayOrder, name)
+		} else if len(relayOrder) > 0 {
+			t.Errorf("kit family %s after relay families", f.Name)
+		}
+	}
+	if want := []string{"listeners", "publishes_total", "weird", "odd_values", "bad_utf8"}; !reflect.DeepEqual(relayOrder, want) {
+		t.Errorf("relay families %v, want %v", relayOrder, want)
+	}
+}
+
+type failingWriter struct{ n int }
+
+var errDisk = errors.New("disk full")
+
+func (w *failingWriter) Write(p []byte) (int, error) {
+	if w.n+len(p) > 100 {
+		return 0, errDisk
+	}
+	w.n += len(p)
+	return len(p), nil
+}
+
+func TestWriteError(t *testing.T) {
+	if err := metrics.Write(&failingWriter{}, sessionpush.Stats{}); !errors.Is(err, errDisk) {
+		t.Fatalf("error %v, want %v", err, errDisk)
+	}
+}
+
+// reportingRelay is a recording relay that reports a stat of its own.
+type reportingRelay struct {
+	*sessionpushtest.Relay
+}
+
+func (reportingRelay) RelayStats() []relay.Stat {
+	return []relay.Stat{{Name: "up", Help: "Always 1.", Gauge: true, Value: 1}}
+}
+
+// TestHandler scrapes a live application over HTTP: the numbers follow
+// what the application does, and only GET and HEAD are served.
+func TestHandler(t *testing.T) {
+	kit, err := sessionpushtest.NewKit(sessionpush.Config{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(metrics.Handler(kit.Manager))
+	defer srv.Close()
+
+	scrape := func() *exposition {
+		t.Helper()
+		resp, err := http.Get(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/plain; version=0.0.4; charset=utf-8" {
+			t.Fatalf("%d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+		}
+		if cl := resp.Header.Get("Content-Length"); cl != strconv.Itoa(len(body)) {
+			t.Errorf("Content-Length %q for %d bytes", cl, len(body))
+		}
+		x, err := parseExposition(string(body))
+		if err != nil {
+			t.Fatalf("%v\n%s", err, body)
+		}
+		return x
+	}
+	val := func(x *exposition, name string, labels ...string) float64 {
+		t.Helper()
+		v, ok := x.value(name, labels...)
+		if !ok {
+			t.Fatalf("no %s%v", name, labels)
+		}
+		return v
+	}
+
+	x := scrape()
+	if v := val(x, "sessionpush_channels_open"); v != 0 {
+		t.Errorf("open channels at start: %v", v)
+	}
+	_, ch, err := kit.SignIn(httptest.NewRequest("GET", "/", nil), "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for range 3 {
+		if err := kit.Manager.PushJSON(ctx, ch, "hi"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kit.Manager.PushJSON(ctx, "nope", "hi")
+	if err := kit.Manager.CloseChannel(ctx, ch); err != nil {
+		t.Fatal(err)
+	}
+	x = scrape()
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"sessionpush_channels_opened_total", nil, 1},
+		{"sessionpush_channels_closed_total", []string{"cause", "closed"}, 1},
+		{"sessionpush_channels_open", nil, 0},
+		{"sessionpush_pushes_total", nil, 3},
+		{"sessionpush_push_failures_total", []string{"reason", "invalid_id"}, 1},
+	} {
+		if v := val(x, c.name, c.labels...); v != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, v, c.want)
+		}
+	}
+	if len(x.Families) == 0 || strings.HasPrefix(x.Families[len(x.Families)-1].Name, metrics.RelayPrefix) {
+		t.Error("relay stats from a relay that reports none")
+	}
+
+	// HEAD: headers alone.
+	resp, err := http.Head(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.ContentLength <= 0 {
+		t.Errorf("HEAD: %d, length %d", resp.StatusCode, resp.ContentLength)
+	}
+	// Other methods: 405.
+	resp, err = http.Post(srv.URL, "text/plain", strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 405 || resp.Header.Get("Allow") != "GET, HEAD" {
+		t.Errorf("POST: %d, Allow %q", resp.StatusCode, resp.Header.Get("Allow"))
+	}
+}
+
+// TestHandlerRelayStats: a relay that reports stats has them scraped.
+func TestHandlerRelayStats(t *testing.T) {
+	mgr, err := sessionpush.New(sessionpush.Config{
+		Sessions: sessions.NewCookieStore(securecookie.GenerateRandomKey(32)),
+		Relay:    reportingRelay{sessionpushtest.NewRelay()},
+		Logger:   slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	metrics.Handler(mgr).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	x, err := parseExposition(rec.Body.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := x.value("sessionpush_relay_up"); !ok || v != 1 || x.byName["sessionpush_relay_up"].Type != "gauge" {
+		t.Errorf("sessionpush_relay_up: %v %v\n%s", v, ok, rec.Body.String())
+	}
+}
