@@ -334,3 +334,18 @@ func ExampleManager_Stats() {
 	// pushes: 2 not found: 1
 	// relay errors: 0 relay stats: 0
 }
+
+// BenchmarkStats measures a snapshot, as every metrics scrape takes one.
+// Run: go test -run '^$' -bench Stats -benchmem .
+func BenchmarkStats(b *testing.B) {
+	kit, err := sessionpushtest.NewKit(sessionpush.Config{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if s := kit.Manager.Stats(); s.OpenChannels != 0 {
+			b.Fatal(s.OpenChannels)
+		}
+	}
+}

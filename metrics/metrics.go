@@ -233,46 +233,55 @@ func labelKey(labels [][2]string) string {
 type encoder struct {
 	w   *bufio.Writer
 	err error
+	num []byte // scratch for numbers
 }
 
-func (e *encoder) str(s string) {
-	if e.err == nil {
-		_, e.err = e.w.WriteString(s)
+func (e *encoder) str(ss ...string) {
+	for _, s := range ss {
+		if e.err == nil {
+			_, e.err = e.w.WriteString(s)
+		}
 	}
 }
 
 // family writes the HELP and TYPE lines of a metric family.
 func (e *encoder) family(name, help string, gauge bool) {
 	if help != "" {
-		e.str("# HELP " + name + " " + escape(help, false) + "\n")
+		e.str("# HELP ", name, " ", escape(help, false), "\n")
 	}
 	typ := "counter"
 	if gauge {
 		typ = "gauge"
 	}
-	e.str("# TYPE " + name + " " + typ + "\n")
+	e.str("# TYPE ", name, " ", typ, "\n")
 }
 
 // sample writes one sample line.
 func (e *encoder) sample(name string, labels [][2]string, v float64) {
 	e.str(name)
-	if len(labels) > 0 {
-		e.str("{")
-		for i, l := range labels {
-			if i > 0 {
-				e.str(",")
-			}
-			e.str(l[0] + `="` + escape(l[1], true) + `"`)
+	for i, l := range labels {
+		sep := ","
+		if i == 0 {
+			sep = "{"
 		}
+		e.str(sep, l[0], `="`, escape(l[1], true), `"`)
+	}
+	if len(labels) > 0 {
 		e.str("}")
 	}
-	e.str(" " + formatValue(v) + "\n")
+	e.num = appendValue(append(e.num[:0], ' '), v)
+	e.num = append(e.num, '\n')
+	if e.err == nil {
+		_, e.err = e.w.Write(e.num)
+	}
 }
 
 // escape escapes a HELP text (backslash, line feed) or a label value (also
 // the double quote), and makes it valid UTF-8.
 func escape(s string, quote bool) string {
-	s = strings.ToValidUTF8(s, string(utf8.RuneError))
+	if !utf8.ValidString(s) {
+		s = strings.ToValidUTF8(s, string(utf8.RuneError))
+	}
 	if !strings.ContainsAny(s, "\\\n\"") {
 		return s
 	}
@@ -292,16 +301,16 @@ func escape(s string, quote bool) string {
 	return b.String()
 }
 
-// formatValue writes v as Prometheus reads it: Go float syntax, with
+// appendValue appends v as Prometheus reads it: Go float syntax, with
 // +Inf, -Inf and NaN spelled so.
-func formatValue(v float64) string {
+func appendValue(b []byte, v float64) []byte {
 	switch {
 	case math.IsNaN(v):
-		return "NaN"
+		return append(b, "NaN"...)
 	case math.IsInf(v, 1):
-		return "+Inf"
+		return append(b, "+Inf"...)
 	case math.IsInf(v, -1):
-		return "-Inf"
+		return append(b, "-Inf"...)
 	}
-	return strconv.FormatFloat(v, 'g', -1, 64)
+	return strconv.AppendFloat(b, v, 'g', -1, 64)
 }

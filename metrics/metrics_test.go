@@ -375,3 +375,37 @@ func TestHandlerRelayStats(t *testing.T) {
 		t.Errorf("sessionpush_relay_up: %v %v\n%s", v, ok, rec.Body.String())
 	}
 }
+
+// BenchmarkHandler measures one scrape: a snapshot written in the text
+// format, with ten relay stats. Run: go test -run '^$' -bench . -benchmem ./metrics/
+func BenchmarkHandler(b *testing.B) {
+	var stats []relay.Stat
+	for i := range 10 {
+		stats = append(stats, relay.Stat{Name: "listeners", Help: "Listeners.", Gauge: true, Labels: [][2]string{{"n", strconv.Itoa(i)}}, Value: float64(i)})
+	}
+	mgr, err := sessionpush.New(sessionpush.Config{
+		Sessions: sessions.NewCookieStore(securecookie.GenerateRandomKey(32)),
+		Relay:    fixedStatsRelay{sessionpushtest.NewRelay(), stats},
+		Logger:   slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := metrics.Handler(mgr)
+	req := httptest.NewRequest("GET", "/metrics", nil)
+	b.ReportAllocs()
+	for b.Loop() {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != 200 {
+			b.Fatal(rec.Code)
+		}
+	}
+}
+
+type fixedStatsRelay struct {
+	*sessionpushtest.Relay
+	stats []relay.Stat
+}
+
+func (r fixedStatsRelay) RelayStats() []relay.Stat { return r.stats }
