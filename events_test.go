@@ -282,6 +282,18 @@ func TestEventsRefusals(t *testing.T) {
 		})
 	}
 
+	// A long path is clipped in the log.
+	t.Run("long path", func(t *testing.T) {
+		long := "/sub/" + strings.Repeat("x", 5000)
+		if code := alice.status("GET", long, nil); code != 400 {
+			t.Fatalf("status %d", code)
+		}
+		e := oneEvent(t, log.take(), evRefused, slog.LevelWarn, map[string]string{"reason": "invalid_id"})
+		if p := e.Attrs["path"]; len(p) > 300 || !strings.HasPrefix(p, "/sub/xxx") {
+			t.Errorf("path of %d bytes: %.40q", len(p), p)
+		}
+	})
+
 	// The relay refuses a listener that passed the kit's checks: here the
 	// relay lost the channel the store still holds.
 	t.Run("relay refuses", func(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync/atomic"
 
 	"github.com/sessionpush/sessionpush/relay"
@@ -361,11 +362,21 @@ func (m *Manager) refused(r *http.Request, h handler, why reason, status int, er
 		slog.String("reason", why.String()),
 		slog.Int("status", status),
 		slog.String("method", r.Method),
-		slog.String("path", r.URL.Path),
+		slog.String("path", clipPath(r.URL.Path)),
 		slog.String("remote_addr", r.RemoteAddr),
 	}
 	if err != nil {
 		attrs = append(attrs, slog.Any("err", err))
 	}
 	m.log.LogAttrs(r.Context(), level, logRefused, attrs...)
+}
+
+// clipPath bounds a request path for the log: a refused path may be
+// anything a client sent.
+func clipPath(p string) string {
+	const max = 256
+	if len(p) > max {
+		return strings.ToValidUTF8(p[:max], "") + "…"
+	}
+	return p
 }
