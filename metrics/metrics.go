@@ -13,9 +13,11 @@
 //	sessionpush_pushes_total                  counter  messages the relay accepted
 //	sessionpush_push_failures_total           counter  by reason: invalid_id, too_large, encode, not_found, store, relay
 //	sessionpush_failed_relay_requests_total   counter  relay requests that failed
-//	sessionpush_refused_requests_total        counter  by handler (subscribe, subscriber, authorize) and reason
-//	                                                   (method, cross_origin, not_signed_in, not_owner, invalid_id,
-//	                                                   no_endpoint, relay_refused, error)
+//	sessionpush_refused_requests_total        counter  by handler and reason:
+//	                                                   subscribe: method, cross_origin, not_signed_in, error;
+//	                                                   subscriber: not_signed_in, not_owner, invalid_id,
+//	                                                   no_endpoint, relay_refused, error;
+//	                                                   authorize: not_signed_in, not_owner, invalid_id, error
 //	sessionpush_invalid_relay_stats           gauge    relay stats left out (see below)
 //
 // [sessionpush.Stats] documents what each counts. The relay's own stats
@@ -119,20 +121,23 @@ func Write(w io.Writer, s sessionpush.Stats) error {
 		name string
 		r    sessionpush.Refused
 	}{{"subscribe", s.Refused.Subscribe}, {"subscriber", s.Refused.Subscriber}, {"authorize", s.Refused.Authorize}} {
+		r := h.r
 		for _, v := range []struct {
 			reason string
 			n      uint64
 		}{
-			{"method", h.r.Method}, {"cross_origin", h.r.CrossOrigin}, {"not_signed_in", h.r.NotSignedIn},
-			{"not_owner", h.r.NotOwner}, {"invalid_id", h.r.InvalidID}, {"no_endpoint", h.r.NoEndpoint},
-			{"relay_refused", h.r.RelayRefused}, {"error", h.r.Error},
+			{"method", r.Method}, {"cross_origin", r.CrossOrigin}, {"not_signed_in", r.NotSignedIn},
+			{"not_owner", r.NotOwner}, {"invalid_id", r.InvalidID}, {"no_endpoint", r.NoEndpoint},
+			{"relay_refused", r.RelayRefused}, {"error", r.Error},
 		} {
-			e.sample("sessionpush_refused_requests_total", [][2]string{{"handler", h.name}, {"reason", v.reason}}, float64(v.n))
+			if slices.Contains(reasons[h.name], v.reason) {
+				e.sample("sessionpush_refused_requests_total", [][2]string{{"handler", h.name}, {"reason", v.reason}}, float64(v.n))
+			}
 		}
 	}
 
 	families, invalid := relayFamilies(s.Relay)
-	e.family("sessionpush_invalid_relay_stats", "Relay stats left out of this exposition: invalid or repeated names or labels.", true)
+	e.family("sessionpush_invalid_relay_stats", "Relay stats left out of this exposition as malformed.", true)
 	e.sample("sessionpush_invalid_relay_stats", nil, float64(invalid))
 	for _, fam := range families {
 		e.family(fam.name, fam.help, fam.gauge)
@@ -144,6 +149,14 @@ func Write(w io.Writer, s sessionpush.Stats) error {
 		return e.err
 	}
 	return bw.Flush()
+}
+
+// reasons are the reasons that each handler gives; the others stay zero
+// and are not written.
+var reasons = map[string][]string{
+	"subscribe":  {"method", "cross_origin", "not_signed_in", "error"},
+	"subscriber": {"not_signed_in", "not_owner", "invalid_id", "no_endpoint", "relay_refused", "error"},
+	"authorize":  {"not_signed_in", "not_owner", "invalid_id", "error"},
 }
 
 // family is the relay's stats of one name.
