@@ -8,12 +8,14 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"net/http/cookiejar"
 	"net/http/httptest"
 	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gorilla/securecookie"
 	"github.com/gorilla/sessions"
@@ -425,3 +427,99 @@ type fixedStatsRelay struct {
 }
 
 func (r fixedStatsRelay) RelayStats() []relay.Stat { return r.stats }
+
+// TestHandlerEmbeddedRelay scrapes a Manager on its embedded relay, with a
+// listener connected: whatever stats that relay reports must all come out,
+// valid, none left out.
+func TestHandlerEmbeddedRelay(t *testing.T) {
+	store := sessions.NewCookieStore(securecookie.GenerateRandomKey(32))
+	store.Options.HttpOnly, store.Options.SameSite = true, http.SameSiteLaxMode
+	mgr, err := sessionpush.New(sessionpush.Config{Sessions: store, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /login", func(w http.ResponseWriter, r *http.Request) {
+		s, _ := store.Get(r, "session")
+		s.Values["user"] = "alice"
+		s.Save(r, w)
+	})
+	mux.Handle("POST /subscribe", mgr.SubscribeHandler())
+	mux.Handle("GET /sub/{channel}", mgr.SubscriberHandler())
+	mux.Handle("GET /metrics", metrics.Handler(mgr))
+	srv := httptest.NewServer(mgr.Middleware(mux))
+	defer srv.Close()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := mgr.Shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+	}()
+
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar}
+	if resp, err := c.Post(srv.URL+"/login", "", nil); err != nil {
+		t.Fatal(err)
+	} else {
+		resp.Body.Close()
+	}
+	req, _ := http.NewRequest("POST", srv.URL+"/subscribe", nil)
+	req.Header.Set("Accept", "text/plain")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	// An EventSource listener, open while we scrape.
+	req, _ = http.NewRequest("GET", srv.URL+"/sub/"+string(id), nil)
+	req.Header.Set("Accept", "text/event-stream")
+	stream, err := c.Do(req)
+	if err != nil || stream.StatusCode != 200 {
+		t.Fatalf("listen: %v %v", err, stream)
+	}
+	defer stream.Body.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		info, err := mgr.Relay().Info(context.Background(), string(id))
+		if err == nil && info.Subscribers == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("listener not seen: %+v %v", info, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	resp, err = c.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	x, err := parseExposition(string(body))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, body)
+	}
+	if v, _ := x.value("sessionpush_invalid_relay_stats"); v != 0 {
+		t.Errorf("the embedded relay reports %v malformed stats:\n%s", v, body)
+	}
+	if v, _ := x.value("sessionpush_channels_opened_total"); v != 1 {
+		t.Errorf("channels opened: %v", v)
+	}
+	rep, ok := mgr.Relay().(relay.StatsReporter)
+	if !ok {
+		t.Log("the embedded relay reports no stats of its own")
+		return
+	}
+	n := 0
+	for _, f := range x.Families {
+		if strings.HasPrefix(f.Name, metrics.RelayPrefix) {
+			n += len(f.Samples)
+		}
+	}
+	if want := len(rep.RelayStats()); n != want {
+		t.Errorf("%d relay samples, the relay reports %d:\n%s", n, want, body)
+	}
+}
