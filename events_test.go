@@ -2,12 +2,14 @@ package sessionpush_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/sessionpush/sessionpush"
@@ -322,4 +324,53 @@ func TestEventsRefusals(t *testing.T) {
 			t.Errorf("refusals logged for an accepted listener: %+v", ev)
 		}
 	})
+}
+
+// getFailStore is a MemoryStore whose Get fails when broken is set.
+type getFailStore struct {
+	*sessionpush.MemoryStore
+	broken atomic.Bool
+}
+
+var errGetFail = errors.New("store down")
+
+func (s *getFailStore) Get(ctx context.Context, id string) (sessionpush.Record, bool, error) {
+	if s.broken.Load() {
+		return sessionpush.Record{}, false, errGetFail
+	}
+	return s.MemoryStore.Get(ctx, id)
+}
+
+// TestEventsFailures: when the Store fails, the refusals are logged at
+// Error level with the error, and the browser learns nothing of it.
+func TestEventsFailures(t *testing.T) {
+	log := &eventRecorder{}
+	st := &getFailStore{MemoryStore: sessionpush.NewMemoryStore()}
+	a := newApp(t, func(c *sessionpush.Config) { c.Logger = slog.New(log); c.Store = st })
+	alice := a.browser().login("alice")
+	sub := alice.subscribe()
+	log.take()
+	st.broken.Store(true)
+
+	resp := alice.do("POST", "/subscribe", nil)
+	body := readAll(t, resp)
+	if resp.StatusCode != http.StatusBadGateway || strings.Contains(body, "store down") {
+		t.Fatalf("/subscribe: %d %q", resp.StatusCode, body)
+	}
+	e := oneEvent(t, log.take(), evRefused, slog.LevelError, map[string]string{"handler": "subscribe", "reason": "error", "status": "502"})
+	if !strings.Contains(e.Attrs["err"], "store down") {
+		t.Errorf("err %q", e.Attrs["err"])
+	}
+
+	if code := alice.status("GET", "/authorize", nil, "X-Channel-Id", sub.Channel); code != 403 {
+		t.Fatalf("/authorize: %d", code)
+	}
+	e = oneEvent(t, log.take(), evRefused, slog.LevelError, map[string]string{"handler": "authorize", "reason": "error", "status": "403"})
+	if !strings.Contains(e.Attrs["err"], "store down") {
+		t.Errorf("err %q", e.Attrs["err"])
+	}
+	s := a.mgr.Stats()
+	if s.Refused.Subscribe.Error != 1 || s.Refused.Authorize.Error != 1 || s.Refused.Authorize.NotOwner != 0 {
+		t.Errorf("%+v", s.Refused)
+	}
 }
