@@ -51,7 +51,7 @@ type Stats struct {
 
 	// Refused counts the requests that the kit's handlers refused, by
 	// handler and reason.
-	Refused Refusals
+	Refused HandlerRefusals
 
 	// Relay holds the relay's own stats when the relay implements
 	// [relay.StatsReporter] (the embedded relay and the Nchan client may);
@@ -105,19 +105,20 @@ type PushFailures struct {
 	Relay uint64
 }
 
-// Refusals counts the refused requests of each of the kit's handlers.
-type Refusals struct {
+// HandlerRefusals counts the refused requests of each of the kit's
+// handlers.
+type HandlerRefusals struct {
 	// Subscribe is for SubscribeHandler (/subscribe).
-	Subscribe Refused
+	Subscribe Refusals
 	// Subscriber is for SubscriberHandler (the embedded relay's listeners).
-	Subscriber Refused
+	Subscriber Refusals
 	// Authorize is for AuthorizeHandler (Nchan's nchan_authorize_request).
-	Authorize Refused
+	Authorize Refusals
 }
 
-// Refused counts the refusals of one handler by reason. A reason that a
+// Refusals counts the refusals of one handler by reason. A reason that a
 // handler never gives stays zero.
-type Refused struct {
+type Refusals struct {
 	// Method counts requests with a method that the handler does not
 	// serve (405; SubscribeHandler).
 	Method uint64
@@ -184,7 +185,7 @@ func (m *Manager) Stats() Stats {
 			Relay:     c.pushFailed[pushRelay].Load(),
 		},
 		RelayErrors: c.relayErrors.Load(),
-		Refused: Refusals{
+		Refused: HandlerRefusals{
 			Subscribe:  c.refused(handlerSubscribe),
 			Subscriber: c.refused(handlerSubscriber),
 			Authorize:  c.refused(handlerAuthorize),
@@ -211,9 +212,9 @@ type counters struct {
 	refusals    [numHandlers][numReasons]atomic.Uint64
 }
 
-func (c *counters) refused(h handler) Refused {
+func (c *counters) refused(h handler) Refusals {
 	r := &c.refusals[h]
-	return Refused{
+	return Refusals{
 		Method:       r[reasonMethod].Load(),
 		CrossOrigin:  r[reasonCrossOrigin].Load(),
 		NotSignedIn:  r[reasonNotSignedIn].Load(),

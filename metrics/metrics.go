@@ -119,7 +119,7 @@ func Write(w io.Writer, s sessionpush.Stats) error {
 	e.family("sessionpush_refused_requests_total", "Requests that the kit's handlers refused, by handler and reason.", false)
 	for _, h := range []struct {
 		name string
-		r    sessionpush.Refused
+		r    sessionpush.Refusals
 	}{{"subscribe", s.Refused.Subscribe}, {"subscriber", s.Refused.Subscriber}, {"authorize", s.Refused.Authorize}} {
 		r := h.r
 		for _, v := range []struct {

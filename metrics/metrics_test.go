@@ -97,7 +97,7 @@ func TestWriteKitStats(t *testing.T) {
 	}
 	for _, h := range []struct {
 		name string
-		r    sessionpush.Refused
+		r    sessionpush.Refusals
 	}{{"subscribe", r.Subscribe}, {"subscriber", r.Subscriber}, {"authorize", r.Authorize}} {
 		for _, v := range []struct {
 			reason string
