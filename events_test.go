@@ -186,6 +186,14 @@ func TestEventsChannelLife(t *testing.T) {
 	ev = log.take()
 	oneEvent(t, ev, evClosed, slog.LevelDebug, map[string]string{"channel": bobSub.Channel, "cause": "logout"})
 
+	// The user leaves the session without Manager.Close: the Middleware
+	// closes the channel.
+	erin := a.browser().login("erin")
+	es := erin.subscribe()
+	log.take()
+	erin.login("")
+	oneEvent(t, log.take(), evClosed, slog.LevelDebug, map[string]string{"channel": es.Channel, "cause": "logout"})
+
 	// The application closes a channel.
 	carol := a.browser().login("carol")
 	cs := carol.subscribe()

@@ -184,7 +184,9 @@ type Manager struct {
 	concurrency   int
 	broadcast     string // Config.BroadcastChannel
 	now           func() time.Time
-	counters      counters // for Stats
+
+	_        [64]byte // the counters below change often: keep them off the cache lines of the fields above
+	counters counters // for Stats
 }
 
 // New checks cfg, fills in its defaults and returns a Manager. It starts no

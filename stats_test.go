@@ -335,6 +335,31 @@ func ExampleManager_Stats() {
 	// relay errors: 0 relay stats: 0
 }
 
+// TestStatsCloseCountsOnce closes one channel from many goroutines at once,
+// by every way there is: it counts as closed once.
+func TestStatsCloseCountsOnce(t *testing.T) {
+	kit, err := sessionpushtest.NewKit(sessionpush.Config{Logger: slog.New(slog.DiscardHandler), IdleTimeout: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, id, err := kit.SignIn(newRequest(), "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() { kit.Manager.CloseChannel(ctx, id) })
+		wg.Go(func() { kit.Manager.ExpireIdle(ctx) })
+		wg.Go(func() { kit.Manager.Close(httptest.NewRecorder(), r.Clone(ctx)) })
+	}
+	wg.Wait()
+	c := kit.Manager.Stats().ChannelsClosed
+	if n := c.Closed + c.Expired + c.Logout + c.Lost + c.Replaced; n != 1 {
+		t.Errorf("one channel closed %d times: %+v", n, c)
+	}
+}
+
 // BenchmarkStats measures a snapshot, as every metrics scrape takes one.
 // Run: go test -run '^$' -bench Stats -benchmem .
 func BenchmarkStats(b *testing.B) {
