@@ -523,3 +523,47 @@ func TestHandlerEmbeddedRelay(t *testing.T) {
 		t.Errorf("%d relay samples, the relay reports %d:\n%s", n, want, body)
 	}
 }
+
+// FuzzWrite writes relay stats of any name, help, labels and value: the
+// exposition must always read back strictly, and a stat that is written
+// must come back unchanged (invalid UTF-8 aside, which becomes U+FFFD).
+// Run: go test -run '^$' -fuzz FuzzWrite -fuzztime 30s ./metrics/
+func FuzzWrite(f *testing.F) {
+	f.Add("listeners", "Help.", "transport", "websocket", 1.5, true)
+	f.Add("x_total", "a\\b\nc\"", "l", "\"\\\n", -1.0, false)
+	f.Add("", "", "__r", "\xff", math.NaN(), true)
+	f.Add("a b", "h", "9", "v", math.Inf(1), false)
+	f.Fuzz(func(t *testing.T, name, help, lname, lvalue string, v float64, gauge bool) {
+		st := relay.Stat{Name: name, Help: help, Gauge: gauge, Labels: [][2]string{{lname, lvalue}}, Value: v}
+		var buf bytes.Buffer
+		if err := metrics.Write(&buf, sessionpush.Stats{OpenChannels: -1, Relay: []relay.Stat{st, st}}); err != nil {
+			t.Fatal(err)
+		}
+		x, err := parseExposition(buf.String())
+		if err != nil {
+			t.Fatalf("%v\n%s", err, buf.String())
+		}
+		invalid, _ := x.value("sessionpush_invalid_relay_stats")
+		fam := x.byName[metrics.RelayPrefix+name]
+		switch {
+		case invalid == 2: // left out, both
+			if fam != nil && len(fam.Samples) > 0 {
+				t.Fatalf("left out and written:\n%s", buf.String())
+			}
+		case invalid == 1: // the repeat left out
+			got, ok := x.value(metrics.RelayPrefix+name, lname, strings.ToValidUTF8(lvalue, "\uFFFD"))
+			if !ok || !(got == v || math.IsNaN(got) && math.IsNaN(v)) {
+				t.Fatalf("stat %+v came back as %v (%v):\n%s", st, got, ok, buf.String())
+			}
+			wantType := "counter"
+			if gauge {
+				wantType = "gauge"
+			}
+			if fam.Type != wantType || fam.Help != strings.ToValidUTF8(help, "\uFFFD") {
+				t.Fatalf("family %+v for %+v", fam, st)
+			}
+		default:
+			t.Fatalf("%v invalid of 2:\n%s", invalid, buf.String())
+		}
+	})
+}
