@@ -33,8 +33,10 @@
 // requests, refused requests (by handler and reason), the number of open
 // channels when the Store can tell it without I/O ([LenStore]), and the
 // relay's own stats when the relay reports them ([relay.StatsReporter]).
-// Counting costs an atomic add off the Middleware's path; package metrics
-// serves the numbers to Prometheus.
+// Counting costs an atomic add off the Middleware's path. A Store on a
+// server may count its channels at the cost of a request
+// ([ChannelCounter], [Manager.CountChannels]). Package metrics serves all
+// of it to Prometheus.
 //
 // Config.Logger receives these events, with these attributes:
 //

@@ -3,6 +3,7 @@ package sessionpush
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -28,7 +29,8 @@ type Stats struct {
 
 	// OpenChannels is the number of open channels that the Store holds,
 	// when the Store tells it without I/O (it implements [LenStore], as
-	// MemoryStore does); -1 when it does not.
+	// MemoryStore does); -1 when it does not: see [Manager.CountChannels]
+	// for Stores that count at a cost.
 	OpenChannels int
 
 	// Pushes counts the messages that the relay accepted: one per channel
@@ -158,6 +160,32 @@ type LenStore interface {
 }
 
 var _ LenStore = (*MemoryStore)(nil)
+
+// ChannelCounter is an optional interface of a [Store] that can count its
+// channels at some cost, such as one round trip to its server;
+// [Manager.CountChannels] uses it, and so package metrics on every scrape.
+type ChannelCounter interface {
+	// CountChannels returns the number of channels recorded.
+	CountChannels(ctx context.Context) (int, error)
+}
+
+// CountChannels returns the number of open channels that the Store holds:
+// its Len when it implements [LenStore], else its CountChannels when it
+// implements [ChannelCounter] (which may cost a round trip to a server),
+// else an error wrapping [errors.ErrUnsupported].
+func (m *Manager) CountChannels(ctx context.Context) (int, error) {
+	switch s := m.store.(type) {
+	case LenStore:
+		return s.Len(), nil
+	case ChannelCounter:
+		n, err := s.CountChannels(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("sessionpush: count channels: %w", err)
+		}
+		return n, nil
+	}
+	return 0, fmt.Errorf("sessionpush: count channels: the Store cannot count: %w", errors.ErrUnsupported)
+}
 
 // Stats returns a snapshot of the Manager's counters (read one by one, not
 // all at one instant) and, when the relay implements

@@ -335,6 +335,66 @@ func ExampleManager_Stats() {
 	// relay errors: 0 relay stats: 0
 }
 
+// countingStore is a MemoryStore seen through the Store interface, that
+// counts by CountChannels only, as a store on a server would.
+type countingStore struct {
+	sessionpush.Store
+	mem   *sessionpush.MemoryStore
+	fail  atomic.Bool
+	calls atomic.Int64
+}
+
+var errCountFail = errors.New("count failed")
+
+func (s *countingStore) CountChannels(ctx context.Context) (int, error) {
+	s.calls.Add(1)
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if s.fail.Load() {
+		return 0, errCountFail
+	}
+	return s.mem.Len(), nil
+}
+
+func TestCountChannels(t *testing.T) {
+	ctx := context.Background()
+	mem := sessionpush.NewMemoryStore()
+	cs := &countingStore{Store: mem, mem: mem}
+	rel := sessionpushtest.NewRelay()
+	m, signIn := statsKit(t, rel, cs)
+	signIn("alice")
+	signIn("bob")
+
+	if s := m.Stats(); s.OpenChannels != -1 || cs.calls.Load() != 0 {
+		t.Errorf("Stats: OpenChannels %d, %d counts: Stats must not count at a cost", s.OpenChannels, cs.calls.Load())
+	}
+	if n, err := m.CountChannels(ctx); n != 2 || err != nil {
+		t.Errorf("CountChannels: %d, %v", n, err)
+	}
+	cs.fail.Store(true)
+	if _, err := m.CountChannels(ctx); !errors.Is(err, errCountFail) {
+		t.Errorf("failing count: %v", err)
+	}
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	cs.fail.Store(false)
+	if _, err := m.CountChannels(cancelled); !errors.Is(err, context.Canceled) {
+		t.Errorf("count with a cancelled context: %v", err)
+	}
+
+	// A MemoryStore counts from memory; a Store that cannot count says so.
+	m2, signIn2 := statsKit(t, sessionpushtest.NewRelay(), nil)
+	signIn2("carol")
+	if n, err := m2.CountChannels(ctx); n != 1 || err != nil {
+		t.Errorf("MemoryStore: %d, %v", n, err)
+	}
+	m3, _ := statsKit(t, sessionpushtest.NewRelay(), uncountedStore{sessionpush.NewMemoryStore()})
+	if _, err := m3.CountChannels(ctx); !errors.Is(err, errors.ErrUnsupported) {
+		t.Errorf("a Store that cannot count: %v", err)
+	}
+}
+
 // TestStatsCloseCountsOnce closes one channel from many goroutines at once,
 // by every way there is: it counts as closed once.
 func TestStatsCloseCountsOnce(t *testing.T) {

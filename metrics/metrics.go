@@ -9,7 +9,7 @@
 //
 //	sessionpush_channels_opened_total         counter  channels opened by SubscribeHandler
 //	sessionpush_channels_closed_total         counter  by cause: logout, replaced, closed, expired, lost
-//	sessionpush_channels_open                 gauge    open channels in the Store; absent when the Store cannot tell
+//	sessionpush_channels_open                 gauge    open channels in the Store; absent when it cannot count
 //	sessionpush_pushes_total                  counter  messages the relay accepted
 //	sessionpush_push_failures_total           counter  by reason: invalid_id, too_large, encode, not_found, store, relay
 //	sessionpush_failed_relay_requests_total   counter  relay requests that failed
@@ -56,8 +56,12 @@ const RelayPrefix = "sessionpush_relay_"
 
 // Handler returns a handler that answers GET and HEAD with m's stats
 // ([sessionpush.Manager.Stats]) in the Prometheus text format, and 405 to
-// other methods. Mount it where only the monitoring system reaches: the
-// numbers name no user, but they tell how busy the application is.
+// other methods. The gauge sessionpush_channels_open comes from the Store:
+// from memory for a MemoryStore, or by one request within the scrape's
+// context for a Store that implements [sessionpush.ChannelCounter]; when
+// the Store cannot count, or fails to, the gauge is left out. Mount it
+// where only the monitoring system reaches: the numbers name no user, but
+// they tell how busy the application is.
 func Handler(m *sessionpush.Manager) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -65,8 +69,14 @@ func Handler(m *sessionpush.Manager) http.Handler {
 			http.Error(w, http.StatusText(http.StatusMethodNotAllowed), http.StatusMethodNotAllowed)
 			return
 		}
+		s := m.Stats()
+		if s.OpenChannels < 0 {
+			if n, err := m.CountChannels(r.Context()); err == nil {
+				s.OpenChannels = n
+			}
+		}
 		var buf bytes.Buffer
-		Write(&buf, m.Stats()) // a bytes.Buffer does not fail
+		Write(&buf, s) // a bytes.Buffer does not fail
 		h := w.Header()
 		h.Set("Content-Type", ContentType)
 		h.Set("Cache-Control", "no-store")

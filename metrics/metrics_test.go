@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -566,4 +567,80 @@ func FuzzWrite(f *testing.F) {
 			t.Fatalf("%v invalid of 2:\n%s", invalid, buf.String())
 		}
 	})
+}
+
+// serverStore is a Store that counts its channels only by CountChannels,
+// as a store on a server does, and can be made to fail.
+type serverStore struct {
+	sessionpush.Store
+	mem  *sessionpush.MemoryStore
+	fail atomic.Bool
+	ctxs chan context.Context // the contexts counted in
+}
+
+func (s *serverStore) CountChannels(ctx context.Context) (int, error) {
+	s.ctxs <- ctx
+	if s.fail.Load() {
+		return 0, errors.New("server down")
+	}
+	return s.mem.Len(), nil
+}
+
+// TestHandlerCountingStore: with a Store that counts at a cost, each
+// scrape counts once, in the scrape's context; when counting fails, the
+// gauge is left out and the rest is served.
+func TestHandlerCountingStore(t *testing.T) {
+	mem := sessionpush.NewMemoryStore()
+	st := &serverStore{Store: mem, mem: mem, ctxs: make(chan context.Context, 10)}
+	store := sessions.NewCookieStore(securecookie.GenerateRandomKey(32))
+	mgr, err := sessionpush.New(sessionpush.Config{Sessions: store, Store: st, Relay: sessionpushtest.NewRelay(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem.Add(context.Background(), sessionpush.Record{ID: "00000000-0000-4000-8000-000000000001", User: "alice"})
+	srv := httptest.NewServer(metrics.Handler(mgr))
+	defer srv.Close()
+
+	scrape := func() *exposition {
+		t.Helper()
+		resp, err := http.Get(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		x, err := parseExposition(string(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return x
+	}
+	x := scrape()
+	if v, ok := x.value("sessionpush_channels_open"); !ok || v != 1 {
+		t.Errorf("sessionpush_channels_open = %v, %v", v, ok)
+	}
+	select {
+	case ctx := <-st.ctxs:
+		if ctx == context.Background() || ctx.Done() == nil {
+			t.Error("counted outside the scrape's context")
+		}
+	default:
+		t.Error("not counted")
+	}
+	if len(st.ctxs) != 0 {
+		t.Errorf("%d more counts in one scrape", len(st.ctxs))
+	}
+
+	st.fail.Store(true)
+	x = scrape()
+	<-st.ctxs
+	if _, ok := x.value("sessionpush_channels_open"); ok {
+		t.Error("gauge written when counting failed")
+	}
+	if _, ok := x.value("sessionpush_pushes_total"); !ok {
+		t.Error("the rest left out when counting failed")
+	}
 }
