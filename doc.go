@@ -26,6 +26,33 @@
 // its session owns the channel, checked on every request. Channel IDs are
 // validated wherever they enter. The publisher side never faces browsers.
 //
+// # Observability
+//
+// [Manager.Stats] returns the Manager's counters: channels opened and
+// closed (by cause), pushes and failed pushes (by reason), failed relay
+// requests, refused requests (by handler and reason), the number of open
+// channels when the Store can tell it without I/O ([LenStore]), and the
+// relay's own stats when the relay reports them ([relay.StatsReporter]).
+// Counting costs an atomic add off the Middleware's path. A Store on a
+// server may count its channels at the cost of a request
+// ([ChannelCounter], [Manager.CountChannels]). Package metrics serves all
+// of it to Prometheus.
+//
+// Config.Logger receives these events, with these attributes:
+//
+//	"sessionpush: channel opened"   Debug  channel
+//	"sessionpush: channel closed"   Debug  channel, cause (logout, replaced, closed);
+//	                                Info   for cause expired or lost
+//	"sessionpush: request refused"  Info   handler (subscribe, subscriber, authorize), reason, status,
+//	                                       method, path, remote_addr, err (absent for relay_refused);
+//	                                Warn   for reason cross_origin or invalid_id, which the kit's client never causes;
+//	                                Error  for reason error (a store or relay failure)
+//
+// The events name channels, never users (user IDs are often e-mail
+// addresses), and carry nothing of cookies or sessions; an application that
+// wants the user beside the channel logs CurrentChannel(r).User itself.
+// remote_addr is the connection's peer, a proxy's address behind one.
+//
 // # Concurrency
 //
 // A Manager, its Channels and the stores of this package are safe for

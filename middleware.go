@@ -86,12 +86,15 @@ type Config struct {
 
 	// ErrorHandler writes the answer when a handler of the kit fails or
 	// refuses a request. The error is a *[StatusError] carrying the HTTP
-	// status. Nil means: log the error at Debug (4xx) or Error (5xx) level
-	// and write the status text alone, never the error's text.
+	// status. The kit has already counted the refusal ([Manager.Stats])
+	// and logged it (the "sessionpush: request refused" event of Logger).
+	// Nil means: write the status text alone, never the error's text.
 	ErrorHandler func(w http.ResponseWriter, r *http.Request, err error)
 
-	// Logger receives the kit's structured events. Nil means
-	// slog.Default().
+	// Logger receives the kit's structured events, listed in the package
+	// documentation (Observability): channels opened and closed, requests
+	// refused, failures. They name channels, never users, and carry
+	// nothing of cookies or sessions. Nil means slog.Default().
 	Logger *slog.Logger
 
 	// MaxMessageSize caps a message body in bytes; larger pushes fail
@@ -181,6 +184,9 @@ type Manager struct {
 	concurrency   int
 	broadcast     string // Config.BroadcastChannel
 	now           func() time.Time
+
+	_        [64]byte // the counters below change often: keep them off the cache lines of the fields above
+	counters counters // for Stats
 }
 
 // New checks cfg, fills in its defaults and returns a Manager. It starts no
@@ -471,7 +477,11 @@ func (m *Manager) sync(w http.ResponseWriter, r *http.Request) (Channel, bool, e
 	if id == "" && owner == "" && user == "" {
 		return Channel{}, false, nil
 	}
-	unbindErr := m.unbind(r.Context(), s)
+	cause := causeLogout
+	if user != "" {
+		cause = causeReplaced
+	}
+	unbindErr := m.unbind(r.Context(), s, cause)
 	var ch Channel
 	if user != "" {
 		ch = Channel{ID: uuid.NewString(), User: user, m: m}
@@ -484,16 +494,16 @@ func (m *Manager) sync(w http.ResponseWriter, r *http.Request) (Channel, bool, e
 	return ch, user != "", unbindErr
 }
 
-// unbind closes the channel bound to s, if any, and removes it from s,
-// which the caller saves.
-func (m *Manager) unbind(ctx context.Context, s *sessions.Session) error {
+// unbind closes the channel bound to s, if any, for cause, and removes it
+// from s, which the caller saves.
+func (m *Manager) unbind(ctx context.Context, s *sessions.Session, cause closeCause) error {
 	id, _ := boundValues(s)
 	delete(s.Values, SessionKeyChannel)
 	delete(s.Values, SessionKeyOwner)
 	if !validChannelID(id) {
 		return nil
 	}
-	if err := m.CloseChannel(ctx, id); err != nil && !errors.Is(err, ErrChannelNotFound) {
+	if err := m.closeChannel(ctx, id, cause); err != nil && !errors.Is(err, ErrChannelNotFound) {
 		return err
 	}
 	return nil

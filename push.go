@@ -37,16 +37,20 @@ var (
 // from the store first.
 func (m *Manager) Push(ctx context.Context, id string, msg Message) (Receipt, error) {
 	if !validChannelID(id) {
+		m.pushFailed(pushInvalidID)
 		return Receipt{}, fmt.Errorf("sessionpush: push: %w: %q", ErrInvalidChannel, clip(id))
 	}
 	if err := m.checkSize(msg); err != nil {
+		m.pushFailed(pushTooLarge)
 		return Receipt{}, fmt.Errorf("sessionpush: push to %s: %w", id, err)
 	}
 	_, ok, err := m.store.Get(ctx, id)
 	if err != nil {
+		m.pushFailed(pushStore)
 		return Receipt{}, fmt.Errorf("sessionpush: push to %s: store: %w", id, err)
 	}
 	if !ok {
+		m.pushFailed(pushNotFound)
 		return Receipt{}, fmt.Errorf("sessionpush: push to %s: %w", id, ErrChannelNotFound)
 	}
 	return m.publish(ctx, id, msg)
@@ -57,13 +61,19 @@ func (m *Manager) Push(ctx context.Context, id string, msg Message) (Receipt, er
 func (m *Manager) publish(ctx context.Context, id string, msg Message) (Receipt, error) {
 	rc, err := m.relay.Publish(ctx, id, msg)
 	if err == nil {
+		m.counters.pushes.Add(1)
 		return rc, nil
 	}
+	m.pushFailed(publishFailure(err))
+	m.relayFailed(err)
 	if errors.Is(err, ErrChannelNotFound) {
-		if _, rerr := m.store.Remove(ctx, id); rerr != nil {
+		removed, rerr := m.store.Remove(ctx, id)
+		if rerr != nil {
 			err = errors.Join(err, rerr)
 		}
-		m.log.Info("sessionpush: relay lost the channel; removed from the store", "channel", id)
+		if removed {
+			m.closedChannel(ctx, id, causeLost)
+		}
 	}
 	return Receipt{}, fmt.Errorf("sessionpush: push to %s: %w", id, err)
 }
@@ -75,14 +85,17 @@ func (m *Manager) checkSize(msg Message) error {
 	return nil
 }
 
-// encode encodes v as a JSON message within the size limit.
+// encode encodes v as a JSON message within the size limit; a failure
+// counts as a failed push.
 func (m *Manager) encode(v any) (Message, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
+		m.pushFailed(pushEncode)
 		return Message{}, fmt.Errorf("sessionpush: encode message: %w", err)
 	}
 	msg := Message{Body: b, ContentType: "application/json"}
 	if err := m.checkSize(msg); err != nil {
+		m.pushFailed(pushTooLarge)
 		return Message{}, fmt.Errorf("sessionpush: encode message: %w", err)
 	}
 	return msg, nil
@@ -111,6 +124,7 @@ func (m *Manager) PushUser(ctx context.Context, user string, v any) (int, error)
 	}
 	recs, err := m.store.ByUser(ctx, user)
 	if err != nil {
+		m.pushFailed(pushStore)
 		return 0, fmt.Errorf("sessionpush: push to user %q: store: %w", user, err)
 	}
 	return m.fanOut(ctx, msg, func(yield func(Record, error) bool) {
@@ -139,10 +153,13 @@ func (m *Manager) Broadcast(ctx context.Context, v any) (int, error) {
 	}
 	if m.broadcast != "" {
 		rc, err := m.relay.Publish(ctx, m.broadcast, msg)
-		switch {
-		case err == nil:
+		if err == nil {
+			m.counters.pushes.Add(1)
 			return rc.Subscribers, nil
-		case errors.Is(err, ErrChannelNotFound):
+		}
+		m.pushFailed(publishFailure(err))
+		m.relayFailed(err)
+		if errors.Is(err, ErrChannelNotFound) {
 			return 0, nil
 		}
 		return 0, fmt.Errorf("sessionpush: broadcast to %s: %w", m.broadcast, err)
@@ -166,6 +183,7 @@ func (m *Manager) fanOut(ctx context.Context, msg Message, seq func(func(Record,
 	}
 	for rec, err := range seq {
 		if err != nil {
+			m.pushFailed(pushStore)
 			addErr(fmt.Errorf("sessionpush: list channels: %w", err))
 			break
 		}
@@ -202,8 +220,12 @@ func (m *Manager) Exists(ctx context.Context, id string) (bool, error) {
 		return false, err
 	}
 	_, err = m.relay.Info(ctx, id)
+	m.relayFailed(err)
 	if errors.Is(err, ErrChannelNotFound) {
-		_, err = m.store.Remove(ctx, id)
+		removed, err := m.store.Remove(ctx, id)
+		if removed {
+			m.closedChannel(ctx, id, causeLost)
+		}
 		return false, err
 	}
 	if err != nil {

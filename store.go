@@ -147,7 +147,7 @@ func (s *MemoryStore) Remove(_ context.Context, id string) (bool, error) {
 	return ok, nil
 }
 
-// Len returns the number of recorded channels.
+// Len returns the number of recorded channels; it implements [LenStore].
 func (s *MemoryStore) Len() int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -178,6 +178,7 @@ func (m *Manager) ExpireIdle(ctx context.Context) (int, error) {
 			continue
 		}
 		info, err := m.relay.Info(ctx, rec.ID)
+		m.relayFailed(err)
 		switch {
 		case err == nil && (info.Subscribers > 0 || info.SinceRequest >= 0 && info.SinceRequest < m.idle):
 			if _, err := m.store.Touch(ctx, rec.ID, now); err != nil {
@@ -196,12 +197,13 @@ func (m *Manager) ExpireIdle(ctx context.Context) (int, error) {
 		if !removed {
 			continue // another instance got there first
 		}
+		m.closedChannel(ctx, rec.ID, causeExpired)
 		if err := m.relay.Close(ctx, rec.ID); err != nil && !errors.Is(err, ErrChannelNotFound) {
+			m.relayFailed(err)
 			errs = append(errs, fmt.Errorf("sessionpush: expire: close %s: %w", rec.ID, err))
 			continue
 		}
 		closed++
-		m.log.Info("sessionpush: idle channel closed", "channel", rec.ID, "user", rec.User)
 	}
 	return closed, errors.Join(errs...)
 }

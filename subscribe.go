@@ -39,8 +39,10 @@ func (e *StatusError) Error() string {
 
 func (e *StatusError) Unwrap() error { return e.Err }
 
-// fail hands err to the ErrorHandler with status.
-func (m *Manager) fail(w http.ResponseWriter, r *http.Request, status int, err error) {
+// fail counts and logs the refusal of r by handler h, then hands err to
+// the ErrorHandler with status.
+func (m *Manager) fail(w http.ResponseWriter, r *http.Request, h handler, why reason, status int, err error) {
+	m.refused(r, h, why, status, err)
 	m.errorHandler(w, r, &StatusError{Status: status, Err: err})
 }
 
@@ -50,11 +52,6 @@ func (m *Manager) defaultErrorHandler(w http.ResponseWriter, r *http.Request, er
 	if errors.As(err, &se) {
 		status = se.Status
 	}
-	level := slog.LevelDebug
-	if status >= 500 {
-		level = slog.LevelError
-	}
-	m.log.Log(r.Context(), level, "sessionpush: request refused", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
 	w.Header().Set("Cache-Control", "no-store")
 	http.Error(w, http.StatusText(status), status)
 }
@@ -106,20 +103,20 @@ func (m *Manager) SubscribeHandler() http.Handler {
 func (m *Manager) serveSubscribe(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodPost {
 		w.Header().Set("Allow", "GET, POST")
-		m.fail(w, r, http.StatusMethodNotAllowed, fmt.Errorf("sessionpush: method %s on /subscribe", r.Method))
+		m.fail(w, r, handlerSubscribe, reasonMethod, http.StatusMethodNotAllowed, fmt.Errorf("sessionpush: method %s on /subscribe", r.Method))
 		return
 	}
 	if err := crossOrigin.Check(r); err != nil {
-		m.fail(w, r, http.StatusForbidden, fmt.Errorf("sessionpush: /subscribe: %w", err))
+		m.fail(w, r, handlerSubscribe, reasonCrossOrigin, http.StatusForbidden, fmt.Errorf("sessionpush: /subscribe: %w", err))
 		return
 	}
 	ch, err := m.channel(w, r)
 	if err != nil {
-		m.fail(w, r, http.StatusInternalServerError, err)
+		m.fail(w, r, handlerSubscribe, reasonError, http.StatusInternalServerError, err)
 		return
 	}
 	if ch == nil {
-		m.fail(w, r, http.StatusUnauthorized, ErrNotSignedIn)
+		m.fail(w, r, handlerSubscribe, reasonNotSignedIn, http.StatusUnauthorized, ErrNotSignedIn)
 		return
 	}
 	sub, err := m.open(w, r, ch)
@@ -127,7 +124,7 @@ func (m *Manager) serveSubscribe(w http.ResponseWriter, r *http.Request) {
 		sub.Broadcast, err = m.openBroadcast(r.Context())
 	}
 	if err != nil {
-		m.fail(w, r, statusOf(err), err)
+		m.fail(w, r, handlerSubscribe, reasonError, statusOf(err), err)
 		return
 	}
 	h := w.Header()
@@ -169,6 +166,7 @@ func (m *Manager) open(w http.ResponseWriter, r *http.Request, ch *Channel) (Sub
 		}
 	case ok:
 		info, err := m.relay.Info(ctx, ch.ID)
+		m.relayFailed(err)
 		if err == nil {
 			found, err := m.store.Touch(ctx, ch.ID, m.now())
 			if err != nil {
@@ -181,11 +179,13 @@ func (m *Manager) open(w http.ResponseWriter, r *http.Request, ch *Channel) (Sub
 			// being ended, so the session gets a new channel.
 		} else if !errors.Is(err, relay.ErrChannelNotFound) {
 			return Subscription{}, fmt.Errorf("sessionpush: relay info %s: %w", ch.ID, err)
-		} else {
-			m.log.Info("sessionpush: relay lost the channel; binding a new one", "channel", ch.ID, "user", ch.User)
 		}
-		if _, err := m.store.Remove(ctx, ch.ID); err != nil {
+		removed, err := m.store.Remove(ctx, ch.ID)
+		if err != nil {
 			return Subscription{}, fmt.Errorf("sessionpush: store remove %s: %w", ch.ID, err)
+		}
+		if removed {
+			m.closedChannel(ctx, ch.ID, causeLost)
 		}
 		if ch, err = m.rebind(w, r, ch); err != nil {
 			return Subscription{}, err
@@ -193,14 +193,17 @@ func (m *Manager) open(w http.ResponseWriter, r *http.Request, ch *Channel) (Sub
 	}
 	cursor, err := m.relay.Open(ctx, ch.ID)
 	if err != nil {
+		m.relayFailed(err)
 		return Subscription{}, fmt.Errorf("sessionpush: relay open %s: %w", ch.ID, err)
 	}
 	now := m.now()
 	if err := m.store.Add(ctx, Record{ID: ch.ID, User: ch.User, Opened: now, LastSeen: now}); err != nil {
 		cerr := m.relay.Close(context.WithoutCancel(ctx), ch.ID)
+		m.relayFailed(cerr)
 		return Subscription{}, errors.Join(fmt.Errorf("sessionpush: store add %s: %w", ch.ID, err), cerr)
 	}
-	m.log.Debug("sessionpush: channel open", "channel", ch.ID, "user", ch.User)
+	m.counters.opened.Add(1)
+	m.log.LogAttrs(ctx, slog.LevelDebug, logOpened, slog.String("channel", ch.ID))
 	return m.subscription(ch.ID, cursor), nil
 }
 
@@ -216,6 +219,7 @@ type listenerCapper interface {
 func (m *Manager) openBroadcast(ctx context.Context) (*Subscription, error) {
 	cursor, err := m.relay.Open(ctx, m.broadcast)
 	if err != nil {
+		m.relayFailed(err)
 		return nil, fmt.Errorf("sessionpush: relay open broadcast %s: %w", m.broadcast, err)
 	}
 	if c, ok := m.relay.(listenerCapper); ok {
@@ -251,7 +255,7 @@ func (m *Manager) SubscriberHandler() http.Handler {
 func (m *Manager) serveSubscriber(w http.ResponseWriter, r *http.Request) {
 	srv, ok := m.relay.(relay.SubscriberServer)
 	if !ok {
-		m.fail(w, r, http.StatusNotFound, ErrNoSubscriberEndpoint)
+		m.fail(w, r, handlerSubscriber, reasonNoEndpoint, http.StatusNotFound, ErrNoSubscriberEndpoint)
 		return
 	}
 	id := r.PathValue("channel")
@@ -260,15 +264,38 @@ func (m *Manager) serveSubscriber(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Add("Vary", "Cookie")
 	if !validChannelID(id) {
-		m.fail(w, r, http.StatusBadRequest, fmt.Errorf("%w: not a channel id of this kit", ErrInvalidChannel))
+		m.fail(w, r, handlerSubscriber, reasonInvalidID, http.StatusBadRequest, fmt.Errorf("%w: not a channel id of this kit", ErrInvalidChannel))
 		return
 	}
 	if err := m.authorize(r, id); err != nil {
-		m.fail(w, r, http.StatusForbidden, err)
+		m.fail(w, r, handlerSubscriber, reasonOf(err), http.StatusForbidden, err)
 		return
 	}
-	srv.ServeSubscriber(w, r, id)
+	srv.ServeSubscriber(&refusalWriter{ResponseWriter: w, m: m, r: r}, r, id)
 }
+
+// refusalWriter counts and logs the relay's refusal of a listener (a 403
+// answer) before it goes out. Flush and Hijack reach the original
+// ResponseWriter through Unwrap (http.ResponseController, coder/websocket).
+type refusalWriter struct {
+	http.ResponseWriter
+	m       *Manager
+	r       *http.Request
+	written bool // WriteHeader was called
+}
+
+func (w *refusalWriter) WriteHeader(code int) {
+	if !w.written {
+		w.written = true
+		if code == http.StatusForbidden {
+			w.m.refused(w.r, handlerSubscriber, reasonRelayRefused, code, nil)
+		}
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// Unwrap returns the original ResponseWriter, for http.ResponseController.
+func (w *refusalWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // AuthorizeHeader is the request header from which AuthorizeHandler takes
 // the channel ID; the nginx config sets it from $nchan_channel_id.
@@ -295,11 +322,11 @@ func (m *Manager) AuthorizeHandler() http.Handler {
 		w.Header().Set("Cache-Control", "no-store")
 		id := r.Header.Get(AuthorizeHeader)
 		if !validChannelID(id) {
-			m.fail(w, r, http.StatusForbidden, fmt.Errorf("%w: %q in %s", ErrInvalidChannel, clip(id), AuthorizeHeader))
+			m.fail(w, r, handlerAuthorize, reasonInvalidID, http.StatusForbidden, fmt.Errorf("%w: %q in %s", ErrInvalidChannel, clip(id), AuthorizeHeader))
 			return
 		}
 		if err := m.authorize(r, id); err != nil {
-			m.fail(w, r, http.StatusForbidden, err)
+			m.fail(w, r, handlerAuthorize, reasonOf(err), http.StatusForbidden, err)
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
@@ -354,7 +381,7 @@ func (m *Manager) Close(w http.ResponseWriter, r *http.Request) error {
 	if s == nil {
 		return fmt.Errorf("sessionpush: session: %w", err)
 	}
-	return errors.Join(m.unbind(r.Context(), s), m.save(w, r, s))
+	return errors.Join(m.unbind(r.Context(), s, causeLogout), m.save(w, r, s))
 }
 
 // CloseChannel closes the channel id: it removes it from the store and
@@ -362,6 +389,11 @@ func (m *Manager) Close(w http.ResponseWriter, r *http.Request) error {
 // wrapping ErrChannelNotFound when neither knew the channel, and for the
 // broadcast channel, which it leaves open.
 func (m *Manager) CloseChannel(ctx context.Context, id string) error {
+	return m.closeChannel(ctx, id, causeClosed)
+}
+
+// closeChannel is CloseChannel, counting and logging a close with cause.
+func (m *Manager) closeChannel(ctx context.Context, id string, cause closeCause) error {
 	if !validChannelID(id) {
 		return fmt.Errorf("%w: %q", ErrInvalidChannel, clip(id))
 	}
@@ -372,9 +404,12 @@ func (m *Manager) CloseChannel(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("sessionpush: store remove %s: %w", id, err)
 	}
+	if removed {
+		m.closedChannel(ctx, id, cause)
+	}
 	err = m.relay.Close(ctx, id)
+	m.relayFailed(err)
 	if err == nil || removed && errors.Is(err, ErrChannelNotFound) {
-		m.log.Debug("sessionpush: channel closed", "channel", id)
 		return nil
 	}
 	return fmt.Errorf("sessionpush: close %s: %w", id, err)
