@@ -348,19 +348,34 @@ func (m *Manager) Middleware(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		sw := &sessionWriter{ResponseWriter: w, m: m, r: r}
-		ch, ok, err := m.sync(w, r)
+		sw := &sessionWriter{ResponseWriter: w, m: m, r: r, s: m.session(r)}
+		ch, ok, err := m.syncSession(w, r, sw.s)
 		if err != nil {
 			m.log.Error("sessionpush: binding a channel to the session", "err", err)
 		}
 		if ok {
-			sw.ch = ch
-			r = r.WithContext(NewContext(r.Context(), &sw.ch))
+			// The writer doubles as the request's context, so that the
+			// channel costs no allocation of its own.
+			sw.ctx = chanCtx{Context: r.Context(), ch: ch}
+			r = r.WithContext(&sw.ctx)
 			sw.r = r
 		}
 		next.ServeHTTP(sw, r)
 		sw.check()
 	})
+}
+
+// chanCtx is a context that carries a channel, as NewContext makes one.
+type chanCtx struct {
+	context.Context
+	ch Channel
+}
+
+func (c *chanCtx) Value(key any) any {
+	if key == channelKey {
+		return &c.ch
+	}
+	return c.Context.Value(key)
 }
 
 // sessionWriter looks at the session once more when the handler starts its
@@ -370,7 +385,8 @@ type sessionWriter struct {
 	http.ResponseWriter
 	m       *Manager
 	r       *http.Request
-	ch      Channel
+	s       *sessions.Session // the request's session, as the store's registry holds it
+	ctx     chanCtx
 	checked bool
 }
 
@@ -379,7 +395,11 @@ func (w *sessionWriter) check() {
 		return
 	}
 	w.checked = true
-	if _, _, err := w.m.sync(w.ResponseWriter, w.r); err != nil {
+	s := w.s
+	if s == nil {
+		s = w.m.session(w.r)
+	}
+	if _, _, err := w.m.syncSession(w.ResponseWriter, w.r, s); err != nil {
 		w.m.log.Error("sessionpush: binding a channel to the session", "err", err)
 	}
 }
@@ -465,7 +485,11 @@ func boundValues(s *sessions.Session) (id, owner string) {
 // saves the session only when the binding changes: a new user gets a new
 // channel, and the channel of a user who left the session is closed.
 func (m *Manager) sync(w http.ResponseWriter, r *http.Request) (Channel, bool, error) {
-	s := m.session(r)
+	return m.syncSession(w, r, m.session(r))
+}
+
+// syncSession is sync on s, r's session as the store returned it.
+func (m *Manager) syncSession(w http.ResponseWriter, r *http.Request, s *sessions.Session) (Channel, bool, error) {
 	if s == nil {
 		return Channel{}, false, nil
 	}
