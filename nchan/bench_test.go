@@ -6,9 +6,16 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/sessionpush/sessionpush/relay"
 )
@@ -28,9 +35,7 @@ import (
 // Run: go test -run '^$' -bench BenchmarkPublish -benchtime 3s ./nchan/
 func BenchmarkPublish(b *testing.B) {
 	n := startNchan(b, "")
-	body := bytes.Repeat([]byte("x"), 100)
-	copy(body, `{"type":"note","text":"`)
-	body[len(body)-2], body[len(body)-1] = '"', '}'
+	body := benchBody()
 	const maxConc = 64
 	channels := make([]string, maxConc)
 	opener := newClient(b, n, "/pub/{channel}", Options{})
@@ -116,4 +121,111 @@ func run(b *testing.B, conc int, op func(int) error) {
 	if first != nil {
 		b.Fatal(first)
 	}
+}
+
+// BenchmarkPublishVsWrk measures, on one nginx, wrk (the C HTTP benchmark
+// tool, a yardstick, not needed in CI: the benchmark skips without it)
+// posting the bench body to the 64 bench channels in turn, then a Client
+// publishing the same bodies to the same channels from as many goroutines
+// as wrk has connections (goroutine i to channel i), each for
+// SESSIONPUSH_WRK_SECONDS (default 5) seconds. It reports both rates and
+// client/wrk. Run:
+//
+//	go test -run '^$' -bench BenchmarkPublishVsWrk -benchtime 1x -count 3 ./nchan/
+func BenchmarkPublishVsWrk(b *testing.B) {
+	wrk, err := exec.LookPath("wrk")
+	if err != nil {
+		b.Skip("wrk is not installed")
+	}
+	d := 5 * time.Second
+	if s := os.Getenv("SESSIONPUSH_WRK_SECONDS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n <= 0 {
+			b.Fatalf("SESSIONPUSH_WRK_SECONDS=%q: want a positive number of seconds", s)
+		}
+		d = time.Duration(n) * time.Second
+	}
+	n := startNchan(b, "")
+	body := benchBody()
+	const maxConc = 64
+	channels := make([]string, maxConc)
+	opener := newClient(b, n, "/pub/{channel}", Options{})
+	var lua strings.Builder
+	fmt.Fprintf(&lua, "wrk.method = \"POST\"\nwrk.body = %q\nwrk.headers[\"Content-Type\"] = \"application/json\"\nlocal reqs = {}\n", body)
+	lua.WriteString("init = function(args)\n")
+	for i := range channels {
+		channels[i] = fmt.Sprintf("bench-%d", i)
+		if _, err := opener.Open(context.Background(), channels[i]); err != nil {
+			b.Fatal(err)
+		}
+		fmt.Fprintf(&lua, "  reqs[%d] = wrk.format(nil, \"/pub/%s\")\n", i+1, channels[i])
+	}
+	fmt.Fprintf(&lua, "end\nlocal i = 0\nrequest = function()\n  i = i %% %d + 1\n  return reqs[i]\nend\n", maxConc)
+	script := filepath.Join(b.TempDir(), "post.lua")
+	if err := os.WriteFile(script, []byte(lua.String()), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	msg := relay.Message{Body: body, ContentType: "application/json"}
+	reqsPerSec := regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	non2xx := regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`)
+
+	for _, conc := range []int{1, 16, 64} {
+		b.Run(fmt.Sprintf("conc%d", conc), func(b *testing.B) {
+			out, err := exec.Command(wrk, "-t1", fmt.Sprintf("-c%d", conc), fmt.Sprintf("-d%ds", int(d.Seconds())),
+				"-s", script, n.URL+"/pub/"+channels[0]).CombinedOutput()
+			if err != nil {
+				b.Fatalf("wrk: %v\n%s", err, out)
+			}
+			m := reqsPerSec.FindSubmatch(out)
+			if m == nil || non2xx.Match(out) {
+				b.Fatalf("wrk output without a rate, or with failures:\n%s", out)
+			}
+			wrkRate, _ := strconv.ParseFloat(string(m[1]), 64)
+
+			c := newClient(b, n, "/pub/{channel}", Options{})
+			defer c.CloseIdleConnections()
+			var (
+				count   atomic.Int64
+				wg      sync.WaitGroup
+				errOnce sync.Once
+				first   error
+			)
+			exp := expPublisher(n.URL, body)
+			start := time.Now()
+			end := start.Add(d)
+			for i := range conc {
+				wg.Go(func() {
+					for time.Now().Before(end) {
+						var err error
+						if exp != nil {
+							err = exp(channels[i])
+						} else {
+							_, err = c.Publish(context.Background(), channels[i], msg)
+						}
+						if err != nil {
+							errOnce.Do(func() { first = err })
+							return
+						}
+						count.Add(1)
+					}
+				})
+			}
+			wg.Wait()
+			if first != nil {
+				b.Fatal(first)
+			}
+			clientRate := float64(count.Load()) / time.Since(start).Seconds()
+			b.ReportMetric(wrkRate, "wrk-req/s")
+			b.ReportMetric(clientRate, "client-req/s")
+			b.ReportMetric(clientRate/wrkRate, "client/wrk")
+		})
+	}
+}
+
+// benchBody is a 100-byte JSON message.
+func benchBody() []byte {
+	body := bytes.Repeat([]byte("x"), 100)
+	copy(body, `{"type":"note","text":"`)
+	body[len(body)-2], body[len(body)-1] = '"', '}'
+	return body
 }

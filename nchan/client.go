@@ -66,6 +66,8 @@ type Client struct {
 	inQuery        bool   // {channel} is in the query: QueryEscape, else PathEscape
 
 	hc           *http.Client
+	wire         *wire  // nil: hc sends the requests
+	targetPrefix string // prefix without scheme and authority, for wire
 	log          *slog.Logger
 	maxRetryWait time.Duration
 	maxRetryTime time.Duration
@@ -113,6 +115,14 @@ func New(publisherURL string, opts Options) (*Client, error) {
 		hc = *opts.HTTPClient
 	} else {
 		hc.Transport = newTransport()
+		u, _ := url.Parse(prefix + "x" + suffix) // parsed by parseTemplate
+		if c.wire = newWire(u); c.wire != nil {
+			rest := prefix[len(u.Scheme)+len("://"):]
+			c.targetPrefix = rest[strings.IndexAny(rest, "/?"):]
+			if c.targetPrefix[0] == '?' {
+				c.targetPrefix = "/" + c.targetPrefix
+			}
+		}
 	}
 	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	c.hc = &hc
@@ -122,7 +132,12 @@ func New(publisherURL string, opts Options) (*Client, error) {
 // CloseIdleConnections closes the client's idle keep-alive connections to
 // the server, for example before the application exits or nginx is stopped
 // gracefully (nginx waits for open connections).
-func (c *Client) CloseIdleConnections() { c.hc.CloseIdleConnections() }
+func (c *Client) CloseIdleConnections() {
+	if c.wire != nil {
+		c.wire.closeIdle()
+	}
+	c.hc.CloseIdleConnections()
+}
 
 func newTransport() *http.Transport {
 	return &http.Transport{
@@ -168,6 +183,15 @@ func (c *Client) url(channel string) string {
 		return c.prefix + url.QueryEscape(channel) + c.suffix
 	}
 	return c.prefix + url.PathEscape(channel) + c.suffix
+}
+
+// target is the request target (path and query) of a channel's publisher
+// URL, for wire.
+func (c *Client) target(channel string) string {
+	if c.inQuery {
+		return c.targetPrefix + url.QueryEscape(channel) + c.suffix
+	}
+	return c.targetPrefix + url.PathEscape(channel) + c.suffix
 }
 
 func validate(op, channel string) error {
