@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -169,10 +170,13 @@ func BenchmarkPublishVsWrk(b *testing.B) {
 	reqsPerSec := regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
 	non2xx := regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`)
 
+	worker := n.WorkerPID()
 	for _, conc := range []int{1, 16, 64} {
 		b.Run(fmt.Sprintf("conc%d", conc), func(b *testing.B) {
-			out, err := exec.Command(wrk, "-t1", fmt.Sprintf("-c%d", conc), fmt.Sprintf("-d%ds", int(d.Seconds())),
-				"-s", script, n.URL+"/pub/"+channels[0]).CombinedOutput()
+			nginx0 := procCPU(b, worker)
+			cmd := exec.Command(wrk, "-t1", fmt.Sprintf("-c%d", conc), fmt.Sprintf("-d%ds", int(d.Seconds())),
+				"-s", script, n.URL+"/pub/"+channels[0])
+			out, err := cmd.CombinedOutput()
 			if err != nil {
 				b.Fatalf("wrk: %v\n%s", err, out)
 			}
@@ -181,6 +185,9 @@ func BenchmarkPublishVsWrk(b *testing.B) {
 				b.Fatalf("wrk output without a rate, or with failures:\n%s", out)
 			}
 			wrkRate, _ := strconv.ParseFloat(string(m[1]), 64)
+			wrkCPU := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+			nginx1 := procCPU(b, worker)
+			self0 := selfCPU(b)
 
 			c := newClient(b, n, "/pub/{channel}", Options{})
 			defer c.CloseIdleConnections()
@@ -214,10 +221,18 @@ func BenchmarkPublishVsWrk(b *testing.B) {
 			if first != nil {
 				b.Fatal(first)
 			}
-			clientRate := float64(count.Load()) / time.Since(start).Seconds()
+			elapsed := time.Since(start)
+			clientRate := float64(count.Load()) / elapsed.Seconds()
+			selfCPU, nginx2 := selfCPU(b)-self0, procCPU(b, worker)
 			b.ReportMetric(wrkRate, "wrk-req/s")
 			b.ReportMetric(clientRate, "client-req/s")
 			b.ReportMetric(clientRate/wrkRate, "client/wrk")
+			// CPU time per request, in µs: what each side and nginx spend.
+			wrkReqs := wrkRate * d.Seconds()
+			b.ReportMetric(float64(wrkCPU.Microseconds())/wrkReqs, "wrk-cpu-µs/req")
+			b.ReportMetric(float64((nginx1-nginx0).Microseconds())/wrkReqs, "nginx-cpu-µs/wrk-req")
+			b.ReportMetric(float64(selfCPU.Microseconds())/float64(count.Load()), "client-cpu-µs/req")
+			b.ReportMetric(float64((nginx2-nginx1).Microseconds())/float64(count.Load()), "nginx-cpu-µs/client-req")
 		})
 	}
 }
@@ -228,4 +243,28 @@ func benchBody() []byte {
 	copy(body, `{"type":"note","text":"`)
 	body[len(body)-2], body[len(body)-1] = '"', '}'
 	return body
+}
+
+// procCPU is the CPU time (user and system) that process pid has used.
+func procCPU(b *testing.B, pid int) time.Duration {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fields after the command, which is in parentheses: state is 3,
+	// utime 14, stime 15, in clock ticks (100 a second on Linux).
+	_, rest, _ := strings.Cut(string(raw), ") ")
+	f := strings.Fields(rest)
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+// selfCPU is the CPU time that this process has used.
+func selfCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

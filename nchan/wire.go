@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -166,6 +167,9 @@ func (w *wire) roundTrip(ctx context.Context, target string, rq *request, pr *pr
 		if err != nil {
 			err = fmt.Errorf("%w (%w)", ctx.Err(), err)
 		}
+	} else if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		// The deadline came before the context's timer said so.
+		err = fmt.Errorf("%w (%w)", context.DeadlineExceeded, err)
 	}
 	if keep && err == nil {
 		wc.uses++
@@ -213,7 +217,18 @@ func (wc *wireConn) exchange(target, host string, rq *request, pr *progress) (st
 		wc.buf = b[:0]
 	}
 	if err != nil {
-		return 0, nil, false, err
+		// nginx answers some requests (413, 400) before it has read them
+		// and closes the connection, which can break the write: the
+		// answer may have arrived all the same.
+		if _, perr := wc.br.Peek(1); perr != nil {
+			return 0, nil, false, err
+		}
+		pr.firstByte = true
+		status, body, _, rerr := wc.readAnswer(rq.method)
+		if rerr != nil {
+			return 0, nil, false, err
+		}
+		return status, body, false, nil
 	}
 	pr.wrote = true
 
