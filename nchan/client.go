@@ -73,7 +73,8 @@ type Client struct {
 	maxRetryTime time.Duration
 	existsTTL    time.Duration
 
-	reg registry
+	reg   registry
+	stats counters
 	// refusesEmpty: the server is the push module 0.712, which answers an
 	// empty POST with 500.
 	refusesEmpty atomic.Bool
@@ -225,7 +226,8 @@ func (c *Client) markOpen(channel string) {
 //
 // Concurrent Opens of one channel on one Client share one round of
 // requests and return the same cursor.
-func (c *Client) Open(ctx context.Context, channel string) (string, error) {
+func (c *Client) Open(ctx context.Context, channel string) (_ string, err error) {
+	defer c.stats.failed(&err)
 	if err := validate("open", channel); err != nil {
 		return "", err
 	}
@@ -315,14 +317,15 @@ func (c *Client) open(ctx context.Context, channel string) (string, error) {
 // there is none (see "Publishing only to open channels" in the package
 // documentation). Too large a body (413) gives [relay.ErrMessageTooLarge];
 // an empty body on the push module 0.712 gives [ErrEmptyMessage].
-func (c *Client) Publish(ctx context.Context, channel string, m relay.Message) (relay.Receipt, error) {
+func (c *Client) Publish(ctx context.Context, channel string, m relay.Message) (_ relay.Receipt, err error) {
+	defer c.stats.failed(&err)
 	if err := validate("publish", channel); err != nil {
 		return relay.Receipt{}, err
 	}
 	for _, h := range [...]struct{ name, value string }{{"content type", m.ContentType}, {"event name", m.Event}} {
 		if !validHeaderValue(h.value) {
 			return relay.Receipt{}, &Error{Op: "publish", Channel: channel,
-				Err: fmt.Errorf("%s %q contains a control character", h.name, clip(h.value))}
+				Err: fmt.Errorf("%w: %s %q contains a control character", errBadHeader, h.name, clip(h.value))}
 		}
 	}
 	open, closed := c.reg.state(channel, time.Now())
@@ -407,7 +410,8 @@ func validHeaderValue(v string) bool {
 // module, which does not report it. A missing channel (404) and a channel
 // that Nchan shows although it is gone give an error wrapping
 // [relay.ErrChannelNotFound].
-func (c *Client) Info(ctx context.Context, channel string) (relay.Info, error) {
+func (c *Client) Info(ctx context.Context, channel string) (_ relay.Info, err error) {
+	defer c.stats.failed(&err)
 	if err := validate("info", channel); err != nil {
 		return relay.Info{}, err
 	}
@@ -426,7 +430,8 @@ func (c *Client) Info(ctx context.Context, channel string) (relay.Info, error) {
 // channel (404), or one that was already deleted although Nchan still
 // shows it, gives an error wrapping [relay.ErrChannelNotFound]; the DELETE
 // is sent all the same, so that listeners that came back are ended.
-func (c *Client) Close(ctx context.Context, channel string) error {
+func (c *Client) Close(ctx context.Context, channel string) (err error) {
+	defer c.stats.failed(&err)
 	if err := validate("close", channel); err != nil {
 		return err
 	}

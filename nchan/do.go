@@ -103,6 +103,7 @@ func (c *Client) do(ctx context.Context, rq request) (result, error) {
 			slog.String("op", rq.op), slog.String("channel", rq.channel),
 			slog.Int("attempt", attempt), slog.Int("status", lastStatus),
 			slog.Any("error", lastErr), slog.Duration("wait", wait))
+		c.stats.retries.Add(1)
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
@@ -169,6 +170,7 @@ func (tr *attemptTrace) clientTrace() *httptrace.ClientTrace {
 // attempt sends the request once and reads the answer. A status with an
 // error means the answer broke off while its body was read.
 func (c *Client) attempt(ctx context.Context, rq *request, pr *progress) (int, []byte, error) {
+	c.stats.request(rq.method)
 	if c.wire != nil {
 		return c.wire.roundTrip(ctx, c.target(rq.channel), rq, pr)
 	}
