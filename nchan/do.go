@@ -65,7 +65,10 @@ func (c *Client) do(ctx context.Context, rq request) (result, error) {
 			return res, nil
 		case err == nil:
 			lastStatus, lastErr = status, nil
-		case ctx.Err() != nil:
+		case ctx.Err() != nil || deadlinePassed(ctx):
+			if lastErr == nil {
+				lastErr = err
+			}
 			return res, ctxError(ctx, rq, lastStatus, lastErr)
 		case !retryable(err, rq.method, &pr):
 			if status == 0 {
@@ -118,10 +121,20 @@ func (c *Client) do(ctx context.Context, rq request) (result, error) {
 // earlier attempts met.
 func ctxError(ctx context.Context, rq request, lastStatus int, lastErr error) error {
 	err := ctx.Err()
-	if lastErr != nil {
+	if err == nil { // the deadline passed, the context's timer has not fired yet
+		err = context.DeadlineExceeded
+	}
+	if lastErr != nil && !errors.Is(lastErr, err) {
 		err = fmt.Errorf("%w: %w", lastErr, err)
 	}
 	return &Error{Op: rq.op, Channel: rq.channel, Status: lastStatus, Err: err}
+}
+
+// deadlinePassed reports whether the context's deadline is past, which a
+// connection's deadline can tell a moment before the context itself.
+func deadlinePassed(ctx context.Context) bool {
+	d, ok := ctx.Deadline()
+	return ok && !time.Now().Before(d)
 }
 
 // retryLimit is when retrying stops: the context's deadline or
