@@ -27,13 +27,18 @@ import (
 // than 32767 messages a second, where Nchan's 16-bit message tag wraps),
 // through:
 //
-//   - client: a Client with its defaults (a GET check once per ExistsTTL);
+//   - client: a Client with its defaults (its own transport; a GET check
+//     once per ExistsTTL);
 //   - client-check: a Client that checks with a GET before every publish
 //     (ExistsTTL < 0), the cost of the naive way to refuse unopened channels;
+//   - client-nethttp: a Client given a net/http client with the same
+//     Transport settings (Options.HTTPClient), what the Client did before
+//     it had its own transport;
 //   - raw: net/http POSTs of the same bodies with the same Transport
-//     settings, reading and closing each answer: the floor.
+//     settings, reading and closing each answer.
 //
-// Run: go test -run '^$' -bench BenchmarkPublish -benchtime 3s ./nchan/
+// Run: go test -run '^$' -bench 'BenchmarkPublish$' -benchtime 3s ./nchan/
+// For a comparison with wrk on the same nginx, see BenchmarkPublishVsWrk.
 func BenchmarkPublish(b *testing.B) {
 	n := startNchan(b, "")
 	body := benchBody()
@@ -58,6 +63,10 @@ func BenchmarkPublish(b *testing.B) {
 		}},
 		{"client-check", func() func(string) error {
 			c := newClient(b, n, "/pub/{channel}", Options{ExistsTTL: -1})
+			return func(channel string) error { _, err := c.Publish(context.Background(), channel, msg); return err }
+		}},
+		{"client-nethttp", func() func(string) error {
+			c := newClient(b, n, "/pub/{channel}", Options{HTTPClient: &http.Client{Transport: newTransport()}})
 			return func(channel string) error { _, err := c.Publish(context.Background(), channel, msg); return err }
 		}},
 		{"raw", func() func(string) error {
@@ -128,9 +137,10 @@ func run(b *testing.B, conc int, op func(int) error) {
 // tool, a yardstick, not needed in CI: the benchmark skips without it)
 // posting the bench body to the 64 bench channels in turn, then a Client
 // publishing the same bodies to the same channels from as many goroutines
-// as wrk has connections (goroutine i to channel i), each for
-// SESSIONPUSH_WRK_SECONDS (default 5) seconds. It reports both rates and
-// client/wrk. Run:
+// as wrk has connections (goroutine i to channel i), in alternating
+// one-second turns, SESSIONPUSH_WRK_ROUNDS (default 6) each. It reports both
+// rates, client/wrk, and the CPU time per request of wrk, the client and
+// nginx's worker. Run:
 //
 //	go test -run '^$' -bench BenchmarkPublishVsWrk -benchtime 1x -count 3 ./nchan/
 func BenchmarkPublishVsWrk(b *testing.B) {
@@ -138,13 +148,13 @@ func BenchmarkPublishVsWrk(b *testing.B) {
 	if err != nil {
 		b.Skip("wrk is not installed")
 	}
-	d := 5 * time.Second
-	if s := os.Getenv("SESSIONPUSH_WRK_SECONDS"); s != "" {
+	rounds := 6
+	if s := os.Getenv("SESSIONPUSH_WRK_ROUNDS"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n <= 0 {
-			b.Fatalf("SESSIONPUSH_WRK_SECONDS=%q: want a positive number of seconds", s)
+			b.Fatalf("SESSIONPUSH_WRK_ROUNDS=%q: want a positive number", s)
 		}
-		d = time.Duration(n) * time.Second
+		rounds = n
 	}
 	n := startNchan(b, "")
 	body := benchBody()
@@ -168,64 +178,89 @@ func BenchmarkPublishVsWrk(b *testing.B) {
 	}
 	msg := relay.Message{Body: body, ContentType: "application/json"}
 	reqsPerSec := regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	reqsTotal := regexp.MustCompile(`(\d+) requests in`)
 	non2xx := regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`)
 
 	worker := n.WorkerPID()
 	for _, conc := range []int{1, 16, 64} {
 		b.Run(fmt.Sprintf("conc%d", conc), func(b *testing.B) {
-			nginx0 := procCPU(b, worker)
-			cmd := exec.Command(wrk, "-t1", fmt.Sprintf("-c%d", conc), fmt.Sprintf("-d%ds", int(d.Seconds())),
-				"-s", script, n.URL+"/pub/"+channels[0])
-			out, err := cmd.CombinedOutput()
-			if err != nil {
-				b.Fatalf("wrk: %v\n%s", err, out)
-			}
-			m := reqsPerSec.FindSubmatch(out)
-			if m == nil || non2xx.Match(out) {
-				b.Fatalf("wrk output without a rate, or with failures:\n%s", out)
-			}
-			wrkRate, _ := strconv.ParseFloat(string(m[1]), 64)
-			wrkCPU := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
-			nginx1 := procCPU(b, worker)
-			self0 := selfCPU(b)
-
 			c := newClient(b, n, "/pub/{channel}", Options{})
 			defer c.CloseIdleConnections()
+			// Rounds of one second each, wrk and the client in turn (who
+			// goes first alternates), so that a change in the machine's
+			// load hits both alike.
 			var (
-				count   atomic.Int64
-				wg      sync.WaitGroup
-				errOnce sync.Once
-				first   error
+				wrkReqs, clientReqs         float64
+				wrkTime, clientTime         time.Duration
+				wrkCPU, clientCPU           time.Duration
+				nginxForWrk, nginxForClient time.Duration
 			)
-			start := time.Now()
-			end := start.Add(d)
-			for i := range conc {
-				wg.Go(func() {
-					for time.Now().Before(end) {
-						if _, err := c.Publish(context.Background(), channels[i], msg); err != nil {
-							errOnce.Do(func() { first = err })
-							return
+			runWrk := func() {
+				cpu0 := procCPU(b, worker)
+				cmd := exec.Command(wrk, "-t1", fmt.Sprintf("-c%d", conc), "-d1s", "-s", script, n.URL+"/pub/"+channels[0])
+				out, err := cmd.CombinedOutput()
+				if err != nil {
+					b.Fatalf("wrk: %v\n%s", err, out)
+				}
+				nginxForWrk += procCPU(b, worker) - cpu0
+				m, total := reqsPerSec.FindSubmatch(out), reqsTotal.FindSubmatch(out)
+				if m == nil || total == nil || non2xx.Match(out) {
+					b.Fatalf("wrk output without a rate, or with failures:\n%s", out)
+				}
+				rate, _ := strconv.ParseFloat(string(m[1]), 64)
+				reqs, _ := strconv.ParseFloat(string(total[1]), 64)
+				wrkReqs += reqs
+				wrkTime += time.Duration(reqs / rate * float64(time.Second))
+				wrkCPU += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+			}
+			runClient := func() {
+				cpu0, self0 := procCPU(b, worker), selfCPU(b)
+				var (
+					count   atomic.Int64
+					wg      sync.WaitGroup
+					errOnce sync.Once
+					first   error
+				)
+				start := time.Now()
+				end := start.Add(time.Second)
+				for i := range conc {
+					wg.Go(func() {
+						for time.Now().Before(end) {
+							if _, err := c.Publish(context.Background(), channels[i], msg); err != nil {
+								errOnce.Do(func() { first = err })
+								return
+							}
+							count.Add(1)
 						}
-						count.Add(1)
-					}
-				})
+					})
+				}
+				wg.Wait()
+				clientTime += time.Since(start)
+				if first != nil {
+					b.Fatal(first)
+				}
+				clientCPU += selfCPU(b) - self0
+				nginxForClient += procCPU(b, worker) - cpu0
+				clientReqs += float64(count.Load())
 			}
-			wg.Wait()
-			if first != nil {
-				b.Fatal(first)
+			for round := range rounds {
+				if round%2 == 0 {
+					runWrk()
+					runClient()
+				} else {
+					runClient()
+					runWrk()
+				}
 			}
-			elapsed := time.Since(start)
-			clientRate := float64(count.Load()) / elapsed.Seconds()
-			selfCPU, nginx2 := selfCPU(b)-self0, procCPU(b, worker)
+			wrkRate, clientRate := wrkReqs/wrkTime.Seconds(), clientReqs/clientTime.Seconds()
 			b.ReportMetric(wrkRate, "wrk-req/s")
 			b.ReportMetric(clientRate, "client-req/s")
 			b.ReportMetric(clientRate/wrkRate, "client/wrk")
 			// CPU time per request, in µs: what each side and nginx spend.
-			wrkReqs := wrkRate * d.Seconds()
 			b.ReportMetric(float64(wrkCPU.Microseconds())/wrkReqs, "wrk-cpu-µs/req")
-			b.ReportMetric(float64((nginx1-nginx0).Microseconds())/wrkReqs, "nginx-cpu-µs/wrk-req")
-			b.ReportMetric(float64(selfCPU.Microseconds())/float64(count.Load()), "client-cpu-µs/req")
-			b.ReportMetric(float64((nginx2-nginx1).Microseconds())/float64(count.Load()), "nginx-cpu-µs/client-req")
+			b.ReportMetric(float64(nginxForWrk.Microseconds())/wrkReqs, "nginx-cpu-µs/wrk-req")
+			b.ReportMetric(float64(clientCPU.Microseconds())/clientReqs, "client-cpu-µs/req")
+			b.ReportMetric(float64(nginxForClient.Microseconds())/clientReqs, "nginx-cpu-µs/client-req")
 		})
 	}
 }

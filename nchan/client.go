@@ -27,14 +27,20 @@ const (
 
 // Options configures a [Client]. The zero value is ready to use.
 type Options struct {
-	// HTTPClient sends the requests. Its CheckRedirect is replaced (in a
-	// copy) so that a redirect is returned as an error rather than
-	// followed. Nil means a client of its own whose Transport keeps up to
-	// 128 idle keep-alive connections to the publisher (enough for 128
-	// concurrent calls without reconnecting), closes them after 60 s idle
-	// (below nginx's keepalive_timeout of 75 s), uses no proxy, asks for no
-	// compression and dials with a 5 s timeout. There is no overall
-	// timeout: each call is bounded by its context.
+	// HTTPClient, if set, sends the requests through net/http. Its
+	// CheckRedirect is replaced (in a copy) so that a redirect is returned
+	// as an error rather than followed.
+	//
+	// Nil means the Client's own HTTP/1.1 transport for http:// URLs
+	// (https:// URLs and URLs with user info use a net/http client with the
+	// same settings): it keeps up to 128 idle keep-alive connections to the
+	// publisher (enough for 128 concurrent calls without reconnecting),
+	// closes them after 60 s idle (below nginx's keepalive_timeout of
+	// 75 s), uses no proxy, asks for no compression, dials with a 5 s
+	// timeout and bounds each call by its context's deadline and
+	// cancellation. It starts no goroutine and allocates little, which
+	// roughly doubles what one CPU core publishes compared with net/http
+	// (see BenchmarkPublishVsWrk). Redirects are returned, not followed.
 	HTTPClient *http.Client
 
 	// Logger receives a debug record for each retry and a warning when

@@ -96,7 +96,30 @@
 // # Concurrency
 //
 // A Client is safe for concurrent use and starts no goroutine; it needs no
-// closing. Concurrent Opens of one channel share one round of requests.
+// closing ([Client.CloseIdleConnections] closes its idle connections).
+// Concurrent Opens of one channel share one round of requests.
+//
+// # Outages
+//
+// While nginx is down, calls retry the refused connection until their
+// context's deadline (or [Options.MaxRetryTime]) and then fail with an
+// [*Error] that wraps both the connection error (errors.Is(err,
+// syscall.ECONNREFUSED)) and [context.DeadlineExceeded]; kept-alive
+// connections that nginx closed are replaced without losing or doubling a
+// POST. After nginx is back, a channel of the memory store is gone: Publish
+// and Info report [relay.ErrChannelNotFound] (at the latest after
+// [Options.ExistsTTL]; within it a POST re-creates the channel) and Open
+// creates it again. With nchan_redis_pass channels and messages outlive
+// nginx, and EventSource listeners resume with Last-Event-ID. While Redis is
+// down behind Nchan, Nchan answers 503, which is retried: a call whose
+// deadline outlives the outage succeeds once; a shorter one fails with an
+// [*Error] of Status 503 wrapping [context.DeadlineExceeded].
+//
+// # Statistics
+//
+// [Client.Stats] and [Client.RelayStats] (a [relay.StatsReporter]) count
+// requests by method, failed calls by reason, retries, and the channels
+// known open.
 package nchan
 
 import "github.com/sessionpush/sessionpush/relay"
