@@ -138,7 +138,8 @@ func run(b *testing.B, conc int, op func(int) error) {
 // posting the bench body to the 64 bench channels in turn, then a Client
 // publishing the same bodies to the same channels from as many goroutines
 // as wrk has connections (goroutine i to channel i), in alternating
-// one-second turns, SESSIONPUSH_WRK_ROUNDS (default 6) each. It reports both
+// one-second turns, SESSIONPUSH_WRK_ROUNDS (default 6) each; wrk runs
+// SESSIONPUSH_WRK_THREADS threads (default 1). It reports both
 // rates, client/wrk, and the CPU time per request of wrk, the client and
 // nginx's worker. Run:
 //
@@ -155,6 +156,13 @@ func BenchmarkPublishVsWrk(b *testing.B) {
 			b.Fatalf("SESSIONPUSH_WRK_ROUNDS=%q: want a positive number", s)
 		}
 		rounds = n
+	}
+	threads := "1"
+	if s := os.Getenv("SESSIONPUSH_WRK_THREADS"); s != "" {
+		if n, err := strconv.Atoi(s); err != nil || n <= 0 {
+			b.Fatalf("SESSIONPUSH_WRK_THREADS=%q: want a positive number", s)
+		}
+		threads = s
 	}
 	n := startNchan(b, "")
 	body := benchBody()
@@ -197,7 +205,7 @@ func BenchmarkPublishVsWrk(b *testing.B) {
 			)
 			runWrk := func() {
 				cpu0 := procCPU(b, worker)
-				cmd := exec.Command(wrk, "-t1", fmt.Sprintf("-c%d", conc), "-d1s", "-s", script, n.URL+"/pub/"+channels[0])
+				cmd := exec.Command(wrk, "-t"+threads, fmt.Sprintf("-c%d", max(conc, mustAtoi(threads))), "-d1s", "-s", script, n.URL+"/pub/"+channels[0])
 				out, err := cmd.CombinedOutput()
 				if err != nil {
 					b.Fatalf("wrk: %v\n%s", err, out)
@@ -295,4 +303,9 @@ func selfCPU(b *testing.B) time.Duration {
 		b.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func mustAtoi(s string) int {
+	n, _ := strconv.Atoi(s)
+	return n
 }
