@@ -139,7 +139,9 @@ func run(b *testing.B, conc int, op func(int) error) {
 // publishing the same bodies to the same channels from as many goroutines
 // as wrk has connections (goroutine i to channel i), in alternating
 // one-second turns, SESSIONPUSH_WRK_ROUNDS (default 6) each; wrk runs
-// SESSIONPUSH_WRK_THREADS threads (default 1). It reports both
+// SESSIONPUSH_WRK_THREADS threads (default 1); SESSIONPUSH_WRK_CLIENT=nethttp
+// gives the Client a net/http client instead of its own transport. It
+// reports both
 // rates, client/wrk, and the CPU time per request of wrk, the client and
 // nginx's worker. Run:
 //
@@ -192,7 +194,11 @@ func BenchmarkPublishVsWrk(b *testing.B) {
 	worker := n.WorkerPID()
 	for _, conc := range []int{1, 16, 64} {
 		b.Run(fmt.Sprintf("conc%d", conc), func(b *testing.B) {
-			c := newClient(b, n, "/pub/{channel}", Options{})
+			var opts Options
+			if os.Getenv("SESSIONPUSH_WRK_CLIENT") == "nethttp" {
+				opts.HTTPClient = &http.Client{Transport: newTransport()}
+			}
+			c := newClient(b, n, "/pub/{channel}", opts)
 			defer c.CloseIdleConnections()
 			// Rounds of one second each, wrk and the client in turn (who
 			// goes first alternates), so that a change in the machine's
