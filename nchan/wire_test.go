@@ -352,3 +352,89 @@ func TestWireAnswerForms(t *testing.T) {
 		})
 	}
 }
+
+// What goes on the wire: the request target from the template (path or
+// query), Host, Content-Length only where a body belongs (0 for an empty PUT
+// or POST), nothing else beyond the message's headers.
+func TestWireRequestShape(t *testing.T) {
+	type seen struct {
+		method, uri, host string
+		length            int64
+		te                []string
+		header            http.Header
+	}
+	got := make(chan seen, 10)
+	srv := newRawServer(t, func(r *http.Request, nth int, w io.Writer) bool {
+		io.Copy(io.Discard, r.Body)
+		got <- seen{r.Method, r.RequestURI, r.Host, r.ContentLength, r.TransferEncoding, r.Header}
+		switch r.Method {
+		case http.MethodGet:
+			writeAnswer(w, 404, "", "")
+		case http.MethodDelete:
+			writeAnswer(w, 200, "", infoBody)
+		default:
+			writeAnswer(w, 202, "", infoBody)
+		}
+		return true
+	})
+	for _, tc := range []struct{ tmpl, uri string }{
+		{srv.URL + "/pub/{channel}", "/pub/a.b"},
+		{srv.URL + "/x?id={channel}&g=1", "/x?id=a.b&g=1"},
+		{srv.URL + "?id={channel}", "/?id=a.b"},
+	} {
+		c, err := New(tc.tmpl, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := ctxTimeout(t, 10*time.Second)
+		if _, err := c.Open(ctx, "a.b"); err != nil { // GET 404, PUT
+			t.Fatal(err)
+		}
+		if _, err := c.Publish(ctx, "a.b", relay.Message{Body: []byte("hi"), ContentType: "text/plain", Event: "e"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Close(ctx, "a.b"); err != nil {
+			t.Fatal(err)
+		}
+		want := []struct {
+			method string
+			length int64
+		}{{"GET", 0}, {"PUT", 0}, {"POST", 2}, {"DELETE", 0}}
+		for _, w := range want {
+			s := <-got
+			if s.method != w.method || s.uri != tc.uri || s.host != srv.URL[len("http://"):] || s.length != w.length || len(s.te) != 0 {
+				t.Errorf("%s: %s %s Host %s length %d TE %v; want %s %s length %d", tc.tmpl, s.method, s.uri, s.host, s.length, s.te, w.method, tc.uri, w.length)
+			}
+			_, hasLength := s.header["Content-Length"]
+			if hasLength != (w.method == "PUT" || w.method == "POST") {
+				t.Errorf("%s %s: Content-Length present %v", tc.tmpl, w.method, hasLength)
+			}
+			if w.method == "POST" && (s.header.Get("Content-Type") != "text/plain" || s.header.Get("X-EventSource-Event") != "e" || len(s.header) != 3) {
+				t.Errorf("POST headers %v", s.header)
+			}
+		}
+	}
+}
+
+// https URLs and URLs with user info go through net/http.
+func TestWireOnlyForPlainHTTP(t *testing.T) {
+	for tmpl, wantWire := range map[string]bool{
+		"http://127.0.0.1:1/pub/{channel}":     true,
+		"http://localhost/pub/{channel}":       true,
+		"https://127.0.0.1:1/pub/{channel}":    false,
+		"http://u:p@127.0.0.1:1/pub/{channel}": false,
+		"http://[::1]:8080/pub/{channel}":      true,
+	} {
+		c, err := New(tmpl, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (c.wire != nil) != wantWire {
+			t.Errorf("%s: own transport %v, want %v", tmpl, c.wire != nil, wantWire)
+		}
+	}
+	c, _ := New("http://localhost/pub/{channel}", Options{})
+	if c.wire.addr != "localhost:80" || c.wire.host != "localhost" {
+		t.Errorf("default port: dial %q Host %q", c.wire.addr, c.wire.host)
+	}
+}
