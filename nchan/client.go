@@ -193,12 +193,12 @@ func (c *Client) url(channel string) string {
 }
 
 // target is the request target (path and query) of a channel's publisher
-// URL, for wire.
-func (c *Client) target(channel string) string {
+// URL, for wire, in three pieces.
+func (c *Client) target(channel string) [3]string {
 	if c.inQuery {
-		return c.targetPrefix + url.QueryEscape(channel) + c.suffix
+		return [3]string{c.targetPrefix, url.QueryEscape(channel), c.suffix}
 	}
-	return c.targetPrefix + url.PathEscape(channel) + c.suffix
+	return [3]string{c.targetPrefix, url.PathEscape(channel), c.suffix}
 }
 
 func validate(op, channel string) error {

@@ -131,10 +131,11 @@ func (w *wire) closeIdle() {
 	}
 }
 
-// roundTrip sends one request with the target (path and query) and reads the
+// roundTrip sends one request with the target (path and query, in pieces to
+// be joined) and reads the
 // answer, reporting in pr how far it got. A status with an error means the
 // answer broke off while its body was read.
-func (w *wire) roundTrip(ctx context.Context, target string, rq *request, pr *progress) (int, []byte, error) {
+func (w *wire) roundTrip(ctx context.Context, target [3]string, rq *request, pr *progress) (int, []byte, error) {
 	wc, err := w.get(ctx)
 	if err != nil {
 		return 0, nil, err
@@ -182,11 +183,13 @@ func (w *wire) roundTrip(ctx context.Context, target string, rq *request, pr *pr
 
 // exchange writes the request and reads the answer; keep reports whether the
 // connection may serve another request.
-func (wc *wireConn) exchange(target, host string, rq *request, pr *progress) (status int, body []byte, keep bool, err error) {
+func (wc *wireConn) exchange(target [3]string, host string, rq *request, pr *progress) (status int, body []byte, keep bool, err error) {
 	b := wc.buf[:0]
 	b = append(b, rq.method...)
 	b = append(b, ' ')
-	b = append(b, target...)
+	b = append(b, target[0]...)
+	b = append(b, target[1]...)
+	b = append(b, target[2]...)
 	b = append(b, " HTTP/1.1\r\nHost: "...)
 	b = append(b, host...)
 	b = append(b, "\r\n"...)
