@@ -132,9 +132,8 @@ func (w *wire) closeIdle() {
 }
 
 // roundTrip sends one request with the target (path and query, in pieces to
-// be joined) and reads the
-// answer, reporting in pr how far it got. A status with an error means the
-// answer broke off while its body was read.
+// be joined) and reads the answer, reporting in pr how far it got. A status
+// with an error means the answer broke off while its body was read.
 func (w *wire) roundTrip(ctx context.Context, target [3]string, rq *request, pr *progress) (int, []byte, error) {
 	wc, err := w.get(ctx)
 	if err != nil {
