@@ -56,25 +56,28 @@ func (c *Client) do(ctx context.Context, rq request) (result, error) {
 		lastErr    error
 	)
 	giveUp, byCtx := c.retryLimit(ctx)
-	url := c.url(rq.channel)
 	for attempt := 1; ; attempt++ {
-		status, body, tr, err := c.attempt(ctx, url, rq)
+		var pr progress
+		status, body, err := c.attempt(ctx, &rq, &pr)
 		switch {
 		case err == nil && status != http.StatusServiceUnavailable:
 			res.status, res.body = status, body
 			return res, nil
 		case err == nil:
 			lastStatus, lastErr = status, nil
-		case ctx.Err() != nil:
+		case ctx.Err() != nil || deadlinePassed(ctx):
+			if lastErr == nil {
+				lastErr = err
+			}
 			return res, ctxError(ctx, rq, lastStatus, lastErr)
-		case !retryable(err, rq.method, tr):
+		case !retryable(err, rq.method, &pr):
 			if status == 0 {
 				status = lastStatus
 			}
 			return res, &Error{Op: rq.op, Channel: rq.channel, Status: status, Err: err}
 		default:
 			lastErr = err
-			if tr.wrote.Load() {
+			if pr.wrote {
 				res.maybeDone = true
 			}
 		}
@@ -103,6 +106,7 @@ func (c *Client) do(ctx context.Context, rq request) (result, error) {
 			slog.String("op", rq.op), slog.String("channel", rq.channel),
 			slog.Int("attempt", attempt), slog.Int("status", lastStatus),
 			slog.Any("error", lastErr), slog.Duration("wait", wait))
+		c.stats.retries.Add(1)
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
@@ -117,10 +121,20 @@ func (c *Client) do(ctx context.Context, rq request) (result, error) {
 // earlier attempts met.
 func ctxError(ctx context.Context, rq request, lastStatus int, lastErr error) error {
 	err := ctx.Err()
-	if lastErr != nil {
+	if err == nil { // the deadline passed, the context's timer has not fired yet
+		err = context.DeadlineExceeded
+	}
+	if lastErr != nil && !errors.Is(lastErr, err) {
 		err = fmt.Errorf("%w: %w", lastErr, err)
 	}
 	return &Error{Op: rq.op, Channel: rq.channel, Status: lastStatus, Err: err}
+}
+
+// deadlinePassed reports whether the context's deadline is past, which a
+// connection's deadline can tell a moment before the context itself.
+func deadlinePassed(ctx context.Context) bool {
+	d, ok := ctx.Deadline()
+	return ok && !time.Now().Before(d)
 }
 
 // retryLimit is when retrying stops: the context's deadline or
@@ -143,11 +157,19 @@ func (c *Client) backoff(attempt int) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-// attemptTrace records how far one attempt got.
+// progress records how far one attempt got.
+type progress struct {
+	reused    bool // the connection had served earlier requests
+	wrote     bool // the whole request was written
+	firstByte bool // an answer started
+}
+
+// attemptTrace records, for net/http, how far one attempt got; its hooks
+// may run on the transport's goroutines.
 type attemptTrace struct {
-	reused    atomic.Bool // the connection had served earlier requests
-	wrote     atomic.Bool // the whole request was written
-	firstByte atomic.Bool // an answer started
+	reused    atomic.Bool
+	wrote     atomic.Bool
+	firstByte atomic.Bool
 }
 
 func (tr *attemptTrace) clientTrace() *httptrace.ClientTrace {
@@ -160,15 +182,20 @@ func (tr *attemptTrace) clientTrace() *httptrace.ClientTrace {
 
 // attempt sends the request once and reads the answer. A status with an
 // error means the answer broke off while its body was read.
-func (c *Client) attempt(ctx context.Context, url string, rq request) (int, []byte, *attemptTrace, error) {
+func (c *Client) attempt(ctx context.Context, rq *request, pr *progress) (int, []byte, error) {
+	c.stats.request(rq.method)
+	if c.wire != nil {
+		return c.wire.roundTrip(ctx, c.target(rq.channel), rq, pr)
+	}
 	tr := new(attemptTrace)
+	defer func() { pr.reused, pr.wrote, pr.firstByte = tr.reused.Load(), tr.wrote.Load(), tr.firstByte.Load() }()
 	var body io.Reader
 	if rq.body != nil || rq.method == http.MethodPost || rq.method == http.MethodPut {
 		body = bytes.NewReader(rq.body) // sets Content-Length, even 0, and GetBody
 	}
-	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, tr.clientTrace()), rq.method, url, body)
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, tr.clientTrace()), rq.method, c.url(rq.channel), body)
 	if err != nil {
-		return 0, nil, tr, err
+		return 0, nil, err
 	}
 	if rq.contentType != "" {
 		req.Header.Set("Content-Type", rq.contentType)
@@ -178,7 +205,7 @@ func (c *Client) attempt(ctx context.Context, url string, rq request) (int, []by
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return 0, nil, tr, err
+		return 0, nil, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
@@ -186,7 +213,7 @@ func (c *Client) attempt(ctx context.Context, url string, rq request) (int, []by
 		// Drain what is left so that the connection can be reused.
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxBody))
 	}
-	return resp.StatusCode, b, tr, err
+	return resp.StatusCode, b, err
 }
 
 // retryable reports whether err, from an attempt of method, leaves the
@@ -196,7 +223,7 @@ func (c *Client) attempt(ctx context.Context, url string, rq request) (int, []by
 // retried only if nginx cannot have published it: it was not completely
 // written, or it went out on a reused keep-alive connection that nginx closed
 // before answering anything.
-func retryable(err error, method string, tr *attemptTrace) bool {
+func retryable(err error, method string, pr *progress) bool {
 	var op *net.OpError
 	if errors.As(err, &op) && op.Op == "dial" {
 		return true
@@ -207,7 +234,7 @@ func retryable(err error, method string, tr *attemptTrace) bool {
 	if method != http.MethodPost {
 		return true
 	}
-	return !tr.wrote.Load() || (tr.reused.Load() && !tr.firstByte.Load())
+	return !pr.wrote || (pr.reused && !pr.firstByte)
 }
 
 func connectionError(err error) bool {

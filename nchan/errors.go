@@ -58,6 +58,10 @@ func (e *Error) Error() string {
 // Unwrap returns e.Err.
 func (e *Error) Unwrap() error { return e.Err }
 
+// errBadHeader means a message's content type or event name cannot be sent
+// as a header.
+var errBadHeader = errors.New("invalid message header")
+
 func notFound(op, channel string, status int) error {
 	return &Error{Op: op, Channel: channel, Status: status, Err: relay.ErrChannelNotFound}
 }

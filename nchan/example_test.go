@@ -48,3 +48,26 @@ func ExampleClient_Publish_invalidID() {
 	// nchan: publish "../admin": relay: invalid channel id: byte 2 is outside [A-Za-z0-9._-]
 	// op=publish status=0
 }
+
+// Stats counts what the Client sent and how calls failed; RelayStats gives
+// the same numbers as relay.Stat for a metrics exporter. Here the publisher
+// port is closed and retrying is off, so the call fails as unavailable.
+func ExampleClient_Stats() {
+	c, err := nchan.New("http://127.0.0.1:1/pub/{channel}", nchan.Options{MaxRetryTime: -1})
+	if err != nil {
+		panic(err)
+	}
+	_, err = c.Info(context.Background(), "news")
+	fmt.Println(err != nil)
+	st := c.Stats()
+	fmt.Printf("GET requests: %d, unavailable: %d, retries: %d\n", st.Requests.Get, st.Failures.Unavailable, st.Retries)
+	for _, s := range c.RelayStats() {
+		if s.Name == "failures_total" && s.Labels[0][1] == "unavailable" {
+			fmt.Println(s.Name, s.Labels, s.Value)
+		}
+	}
+	// Output:
+	// true
+	// GET requests: 1, unavailable: 1, retries: 0
+	// failures_total [[reason unavailable]] 1
+}

@@ -56,6 +56,11 @@ type infoFields struct {
 	Requested   *int     `json:"requested" xml:"requested"`
 	Subscribers *int     `json:"subscribers" xml:"subscribers"`
 	LastID      *string  `json:"last_message_id" xml:"last_message_id"`
+
+	// Storage for what parseLines points the fields at, saving an
+	// allocation per field.
+	messages, subscribers, requested int
+	lastID                           string
 }
 
 // parseLines reads the plain format ("queued messages: 2", "last requested:
@@ -83,22 +88,25 @@ func (f *infoFields) parseLines(s string) error {
 			if err != nil {
 				return err
 			}
-			f.Messages = &n
+			f.messages = n
+			f.Messages = &f.messages
 		case "active subscribers", "subscribers":
 			n, err := leadingInt(val)
 			if err != nil {
 				return err
 			}
-			f.Subscribers = &n
+			f.subscribers = n
+			f.Subscribers = &f.subscribers
 		case "last requested", "requested":
 			n, err := leadingInt(val)
 			if err != nil {
 				return err
 			}
-			f.Requested = &n
+			f.requested = n
+			f.Requested = &f.requested
 		case "last message id", "last_message_id":
-			v := strings.Trim(val, `"'`)
-			f.LastID = &v
+			f.lastID = strings.Trim(val, `"'`)
+			f.LastID = &f.lastID
 		}
 	}
 	return nil

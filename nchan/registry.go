@@ -91,3 +91,16 @@ func (r *registry) finishOpen(channel string, c *openCall) {
 	r.mu.Unlock()
 	close(c.done)
 }
+
+// knownOpen counts the channels known open at now.
+func (r *registry) knownOpen(now time.Time) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, s := range r.known {
+		if s.open && !now.After(s.until) {
+			n++
+		}
+	}
+	return n
+}

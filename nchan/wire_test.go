@@ -1,0 +1,440 @@
+package nchan
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sessionpush/sessionpush/relay"
+)
+
+// These tests are about the Client's own transport (wire), which it uses
+// for http:// URLs unless Options.HTTPClient is set.
+
+const infoBody = "queued messages: 1\r\nlast requested: -1 sec. ago\r\nactive subscribers: 0\r\nlast message id: 1795742138:0"
+
+// rawServer serves HTTP/1.1 on a real TCP listener with handle, which gets
+// each parsed request (its body not read) with its number on its
+// connection (from 1) and writes the raw answer;
+// returning false closes the connection. It counts requests and
+// connections.
+type rawServer struct {
+	URL      string
+	requests atomic.Int64
+	conns    atomic.Int64
+	ln       net.Listener
+	wg       sync.WaitGroup
+}
+
+func newRawServer(t *testing.T, handle func(r *http.Request, nth int, w io.Writer) bool) *rawServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &rawServer{URL: "http://" + ln.Addr().String(), ln: ln}
+	var mu sync.Mutex
+	var open []net.Conn
+	s.wg.Go(func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.conns.Add(1)
+			mu.Lock()
+			open = append(open, conn)
+			mu.Unlock()
+			s.wg.Go(func() {
+				defer conn.Close()
+				br := bufio.NewReader(conn)
+				for nth := 1; ; nth++ {
+					r, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					s.requests.Add(1)
+					if !handle(r, nth, conn) {
+						return
+					}
+				}
+			})
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range open {
+			c.Close()
+		}
+		mu.Unlock()
+		s.wg.Wait()
+	})
+	return s
+}
+
+func writeAnswer(w io.Writer, status int, extra, body string) {
+	fmt.Fprintf(w, "HTTP/1.1 %d %s\r\nContent-Length: %d\r\n%s\r\n%s", status, http.StatusText(status), len(body), extra, body)
+}
+
+// A server that closes each connection after a few requests, saying so
+// (nginx's keepalive_requests), loses and doubles no publish.
+func TestWireKeepAliveLimit(t *testing.T) {
+	pm := newPushModule(t)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/publish", pm.publisher)
+	type counter struct{ n atomic.Int64 }
+	type key struct{}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Context().Value(key{}).(*counter).n.Add(1)%3 == 0 {
+			w.Header().Set("Connection", "close")
+		}
+		mux.ServeHTTP(w, r)
+	}))
+	srv.Config.ConnContext = func(ctx context.Context, _ net.Conn) context.Context {
+		return context.WithValue(ctx, key{}, new(counter))
+	}
+	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			pm.conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	c, err := New(srv.URL+"/publish?channel={channel}", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxTimeout(t, 20*time.Second)
+	if _, err := c.Open(ctx, "ka"); err != nil {
+		t.Fatal(err)
+	}
+	const workers, each = 8, 25
+	var wg sync.WaitGroup
+	for g := range workers {
+		wg.Go(func() {
+			for i := range each {
+				if _, err := c.Publish(ctx, "ka", relay.Message{Body: []byte(fmt.Sprintf("%d-%d", g, i))}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := pm.count("POST"); n != workers*each {
+		t.Errorf("%d POSTs reached the server, want %d", n, workers*each)
+	}
+	if n := pm.conns.Load(); n < workers*each/3 {
+		t.Errorf("%d connections for %d requests closed every third: the limit was not met", n, workers*each+2)
+	}
+}
+
+// A server that drops kept-alive connections without answering (as nginx
+// closing an idle connection while the request is on its way) makes the
+// Client retry on a new connection; nothing is lost or doubled.
+func TestWireDroppedKeepAliveRetried(t *testing.T) {
+	var posts, drops atomic.Int64
+	var seen atomic.Int64
+	srv := newRawServer(t, func(r *http.Request, nth int, w io.Writer) bool {
+		io.Copy(io.Discard, r.Body)
+		if r.Method == http.MethodGet {
+			writeAnswer(w, 200, "", infoBody)
+			return true
+		}
+		// Every fifth request that is not the first on its connection (a
+		// POST on a fresh connection is never repeated).
+		if nth > 1 && seen.Add(1)%5 == 0 {
+			drops.Add(1)
+			return false
+		}
+		posts.Add(1)
+		writeAnswer(w, 202, "", infoBody)
+		return true
+	})
+	c, err := New(srv.URL+"/pub/{channel}", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxTimeout(t, 20*time.Second)
+	if _, err := c.Info(ctx, "d"); err != nil { // one kept-alive connection
+		t.Fatal(err)
+	}
+	const n = 100
+	for i := range n {
+		if _, err := c.Publish(ctx, "d", relay.Message{Body: []byte(strconv.Itoa(i))}); err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+	if posts.Load() != n || drops.Load() == 0 {
+		t.Errorf("%d POSTs answered, %d dropped; want %d answered and some dropped", posts.Load(), drops.Load(), n)
+	}
+}
+
+// A POST sent on a fresh connection that breaks without an answer may have
+// been published: it is not sent again.
+func TestWireFreshConnectionPostNotRepeated(t *testing.T) {
+	srv := newRawServer(t, func(r *http.Request, nth int, w io.Writer) bool {
+		io.Copy(io.Discard, r.Body)
+		return false
+	})
+	c, err := New(srv.URL+"/pub/{channel}", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.markOpen("f")
+	_, err = c.Publish(ctxTimeout(t, 10*time.Second), "f", relay.Message{Body: []byte("x")})
+	if err == nil || !errors.Is(err, io.EOF) {
+		t.Fatalf("Publish whose answer was lost: %v, want an error wrapping io.EOF", err)
+	}
+	if n := srv.requests.Load(); n != 1 {
+		t.Errorf("%d requests, want 1 (no retry)", n)
+	}
+}
+
+// nginx answers 413 (body too large) and 400 before reading the whole
+// request and closes the connection; the Client reports the status and
+// the next call works on a new connection.
+func TestWireEarlyAnswerClosesConnection(t *testing.T) {
+	srv := newRawServer(t, func(r *http.Request, nth int, w io.Writer) bool {
+		switch {
+		case r.Method == http.MethodGet:
+			io.Copy(io.Discard, r.Body)
+			writeAnswer(w, 200, "", infoBody)
+			return true
+		case r.ContentLength > 1024:
+			// Not a byte of the body read.
+			writeAnswer(w, 413, "Content-Type: text/html\r\nConnection: close\r\n", "<html>413</html>")
+			return false
+		case strings.HasSuffix(r.URL.Path, "/bad"):
+			io.Copy(io.Discard, r.Body)
+			writeAnswer(w, 400, "Content-Type: text/html\r\nConnection: close\r\n", "<html>400</html>")
+			return false
+		}
+		io.Copy(io.Discard, r.Body)
+		writeAnswer(w, 202, "", infoBody)
+		return true
+	})
+	c, err := New(srv.URL+"/pub/{channel}", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxTimeout(t, 10*time.Second)
+	for _, size := range []int{2 << 10, 8 << 20} {
+		before := srv.requests.Load()
+		_, err := c.Publish(ctx, "big", relay.Message{Body: make([]byte, size)})
+		var e *Error
+		if !errors.Is(err, relay.ErrMessageTooLarge) || !errors.As(err, &e) || e.Status != 413 {
+			t.Errorf("%d-byte publish: %v, want a 413 *Error wrapping ErrMessageTooLarge", size, err)
+		}
+		if r, err := c.Publish(ctx, "big", relay.Message{Body: []byte("fits")}); err != nil || r.Queued != 1 {
+			t.Errorf("publish after 413: %+v, %v", r, err)
+		}
+		if n := srv.requests.Load() - before; n < 2 || n > 3 { // POST, (GET,) POST
+			t.Errorf("%d requests, want the two POSTs (and a GET)", n)
+		}
+	}
+	_, err = c.Publish(ctx, "bad", relay.Message{Body: []byte("x")})
+	var e *Error
+	if !errors.As(err, &e) || e.Status != 400 {
+		t.Errorf("publish answered 400: %v, want a 400 *Error", err)
+	}
+	if _, err := c.Publish(ctx, "big", relay.Message{Body: []byte("fits")}); err != nil {
+		t.Errorf("publish after 400: %v", err)
+	}
+}
+
+// A server that never answers: the context's deadline, or its
+// cancellation, ends the call with the context's error, and the POST is not
+// sent again.
+func TestWireContextEndsCall(t *testing.T) {
+	got := make(chan struct{}, 10)
+	release := make(chan struct{})
+	srv := newRawServer(t, func(r *http.Request, nth int, w io.Writer) bool {
+		io.Copy(io.Discard, r.Body)
+		got <- struct{}{}
+		<-release
+		return false
+	})
+	t.Cleanup(func() { close(release) }) // before the server's cleanup
+	c, err := New(srv.URL+"/pub/{channel}", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.markOpen("slow")
+	m := relay.Message{Body: []byte("x")}
+
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		_, err := c.Publish(ctx, "slow", m)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Publish past its deadline: %v, want context.DeadlineExceeded", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Publish did not return after its deadline")
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		_, err := c.Publish(ctx, "slow", m)
+		done <- err
+	}()
+	<-got // the first POST
+	<-got // this one arrived: now cancel
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("cancelled Publish: %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Publish did not return after its context was cancelled")
+	}
+	if n := srv.requests.Load(); n != 2 {
+		t.Errorf("%d requests, want 2 (no retry)", n)
+	}
+}
+
+// Answers in the forms other servers use: chunked, HTTP/1.0, no length.
+func TestWireAnswerForms(t *testing.T) {
+	forms := map[string]string{
+		"chunked": "HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n" +
+			fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(infoBody), infoBody),
+		"http10":   "HTTP/1.0 202 Accepted\r\nContent-Length: " + strconv.Itoa(len(infoBody)) + "\r\n\r\n" + infoBody,
+		"unsized":  "HTTP/1.1 202 Accepted\r\nConnection: close\r\n\r\n" + infoBody,
+		"interim":  "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\nContent-Length: " + strconv.Itoa(len(infoBody)) + "\r\n\r\n" + infoBody,
+		"lf-only":  "HTTP/1.1 202 Accepted\nContent-Length: " + strconv.Itoa(len(infoBody)) + "\n\n" + infoBody,
+		"garbage":  "SMTP ready\r\n\r\n",
+		"bad-size": "HTTP/1.1 202 Accepted\r\nContent-Length: x\r\n\r\n",
+	}
+	for name, answer := range forms {
+		t.Run(name, func(t *testing.T) {
+			srv := newRawServer(t, func(r *http.Request, nth int, w io.Writer) bool {
+				io.Copy(io.Discard, r.Body)
+				io.WriteString(w, answer)
+				return !strings.Contains(answer, "close") && !strings.HasPrefix(answer, "HTTP/1.0")
+			})
+			c, err := New(srv.URL+"/pub/{channel}", Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.markOpen("a")
+			ctx := ctxTimeout(t, 10*time.Second)
+			for range 2 {
+				r, err := c.Publish(ctx, "a", relay.Message{Body: []byte("x")})
+				if strings.HasPrefix(name, "garbage") || strings.HasPrefix(name, "bad") {
+					if err == nil {
+						t.Fatalf("answer %q accepted", answer)
+					}
+					return
+				}
+				if err != nil || r.ID != "1795742138:0" {
+					t.Fatalf("Publish: %+v, %v", r, err)
+				}
+			}
+		})
+	}
+}
+
+// What goes on the wire: the request target from the template (path or
+// query), Host, Content-Length only where a body belongs (0 for an empty PUT
+// or POST), nothing else beyond the message's headers.
+func TestWireRequestShape(t *testing.T) {
+	type seen struct {
+		method, uri, host string
+		length            int64
+		te                []string
+		header            http.Header
+	}
+	got := make(chan seen, 10)
+	srv := newRawServer(t, func(r *http.Request, nth int, w io.Writer) bool {
+		io.Copy(io.Discard, r.Body)
+		got <- seen{r.Method, r.RequestURI, r.Host, r.ContentLength, r.TransferEncoding, r.Header}
+		switch r.Method {
+		case http.MethodGet:
+			writeAnswer(w, 404, "", "")
+		case http.MethodDelete:
+			writeAnswer(w, 200, "", infoBody)
+		default:
+			writeAnswer(w, 202, "", infoBody)
+		}
+		return true
+	})
+	for _, tc := range []struct{ tmpl, uri string }{
+		{srv.URL + "/pub/{channel}", "/pub/a.b"},
+		{srv.URL + "/x?id={channel}&g=1", "/x?id=a.b&g=1"},
+		{srv.URL + "?id={channel}", "/?id=a.b"},
+	} {
+		c, err := New(tc.tmpl, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := ctxTimeout(t, 10*time.Second)
+		if _, err := c.Open(ctx, "a.b"); err != nil { // GET 404, PUT
+			t.Fatal(err)
+		}
+		if _, err := c.Publish(ctx, "a.b", relay.Message{Body: []byte("hi"), ContentType: "text/plain", Event: "e"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Close(ctx, "a.b"); err != nil {
+			t.Fatal(err)
+		}
+		want := []struct {
+			method string
+			length int64
+		}{{"GET", 0}, {"PUT", 0}, {"POST", 2}, {"DELETE", 0}}
+		for _, w := range want {
+			s := <-got
+			if s.method != w.method || s.uri != tc.uri || s.host != srv.URL[len("http://"):] || s.length != w.length || len(s.te) != 0 {
+				t.Errorf("%s: %s %s Host %s length %d TE %v; want %s %s length %d", tc.tmpl, s.method, s.uri, s.host, s.length, s.te, w.method, tc.uri, w.length)
+			}
+			_, hasLength := s.header["Content-Length"]
+			if hasLength != (w.method == "PUT" || w.method == "POST") {
+				t.Errorf("%s %s: Content-Length present %v", tc.tmpl, w.method, hasLength)
+			}
+			if w.method == "POST" && (s.header.Get("Content-Type") != "text/plain" || s.header.Get("X-EventSource-Event") != "e" || len(s.header) != 3) {
+				t.Errorf("POST headers %v", s.header)
+			}
+		}
+	}
+}
+
+// https URLs and URLs with user info go through net/http.
+func TestWireOnlyForPlainHTTP(t *testing.T) {
+	for tmpl, wantWire := range map[string]bool{
+		"http://127.0.0.1:1/pub/{channel}":     true,
+		"http://localhost/pub/{channel}":       true,
+		"https://127.0.0.1:1/pub/{channel}":    false,
+		"http://u:p@127.0.0.1:1/pub/{channel}": false,
+		"http://[::1]:8080/pub/{channel}":      true,
+	} {
+		c, err := New(tmpl, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (c.wire != nil) != wantWire {
+			t.Errorf("%s: own transport %v, want %v", tmpl, c.wire != nil, wantWire)
+		}
+	}
+	c, _ := New("http://localhost/pub/{channel}", Options{})
+	if c.wire.addr != "localhost:80" || c.wire.host != "localhost" {
+		t.Errorf("default port: dial %q Host %q", c.wire.addr, c.wire.host)
+	}
+}
