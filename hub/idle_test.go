@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -89,6 +90,14 @@ func TestIdleListeners(t *testing.T) {
 	t.Logf("mode=%s shape one=%v n=%d: RSS %.0f B/listener, heap+stack %.0f B/listener, goroutines %d",
 		mode, one, n, float64(rss1-rss0)/float64(n), float64(heap1-heap0)/float64(n), runtime.NumGoroutine())
 
+	if f := os.Getenv("HUB_IDLE_CPUPROFILE"); f != "" {
+		out, err := os.Create(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pprof.StartCPUProfile(out)
+		defer pprof.StopCPUProfile()
+	}
 	var cpu, rate []float64
 	for r := 1; r <= rounds; r++ {
 		u0, t0 := cpuNow(), time.Now()
