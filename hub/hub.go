@@ -78,8 +78,9 @@ type Options struct {
 	OriginPatterns []string
 
 	// Logger records dropped and refused listeners: at debug level when a
-	// write fails or a WebSocket handshake is refused, at error level when
-	// the ResponseWriter cannot flush or hijack. Nil means slog.Default().
+	// write fails, a write times out ("hub: slow listener disconnected")
+	// or a WebSocket handshake is refused, at error level when the
+	// ResponseWriter cannot flush or hijack. Nil means slog.Default().
 	Logger *slog.Logger
 }
 
