@@ -32,6 +32,9 @@ func (l *listener) eventSource(ctx context.Context) error {
 }
 
 // events is the EventSource stream after its headers, written with send.
+// The heartbeat timer is not reset at each write: when it fires after a
+// write, it is set for the rest of the silence, so that a delivery costs no
+// timer update.
 func (l *listener) events(done <-chan struct{}, send func([]byte) error) error {
 	if err := send(hello); err != nil {
 		return err
@@ -41,6 +44,7 @@ func (l *listener) events(done <-chan struct{}, send func([]byte) error) error {
 	if t != nil {
 		defer t.Stop()
 	}
+	wrote := time.Now() // the last write
 	for {
 		m, gap, err := l.await(done, beat)
 		switch {
@@ -55,6 +59,9 @@ func (l *listener) events(done <-chan struct{}, send func([]byte) error) error {
 			l.pos = m.pos
 			if err == nil {
 				l.delivered(gap)
+				if t != nil {
+					wrote = time.Now()
+				}
 			}
 		default:
 			select {
@@ -62,13 +69,16 @@ func (l *listener) events(done <-chan struct{}, send func([]byte) error) error {
 				return nil
 			default:
 			}
+			if silence := time.Since(wrote); silence < d {
+				t.Reset(d - silence)
+				continue
+			}
 			err = send(heartbeat)
+			wrote = time.Now()
+			t.Reset(d)
 		}
 		if err != nil {
 			return err
-		}
-		if t != nil {
-			t.Reset(d)
 		}
 	}
 }

@@ -42,7 +42,24 @@ func TestIdleListeners(t *testing.T) {
 	one := os.Getenv("HUB_IDLE_SHAPE") == "one"
 	h := New(Options{MaxListeners: -1})
 	h.noHijack = os.Getenv("HUB_IDLE_MODE") == "handler"
+	// raw: no hub, the floor: one goroutine writes each frame to each
+	// hijacked connection in turn.
+	raw := os.Getenv("HUB_IDLE_MODE") == "raw"
+	var rawMu sync.Mutex
+	var rawConns []net.Conn
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if raw {
+			conn, _, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				panic(err)
+			}
+			conn.Write([]byte("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n: hi\n\n"))
+			rawMu.Lock()
+			rawConns = append(rawConns, conn)
+			rawMu.Unlock()
+			h.stats.listeners[transportEventSource].Add(1)
+			return
+		}
 		h.ServeSubscriber(w, r, strings.TrimPrefix(r.URL.Path, "/sub/"))
 	}))
 	defer srv.Close()
@@ -83,13 +100,24 @@ func TestIdleListeners(t *testing.T) {
 	expect("ready")
 	eventually(t, "all listeners in", func() bool { return h.Stats().Listeners.EventSource == int64(n) })
 	rss1, heap1 := memNow()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	t.Logf("stacks in use %d B/listener (all goroutines)", ms.StackInuse/uint64(n))
 	mode := "hijack"
 	if h.noHijack {
 		mode = "handler"
 	}
+	if raw {
+		mode = "raw"
+	}
 	t.Logf("mode=%s shape one=%v n=%d: RSS %.0f B/listener, heap+stack %.0f B/listener, goroutines %d",
 		mode, one, n, float64(rss1-rss0)/float64(n), float64(heap1-heap0)/float64(n), runtime.NumGoroutine())
 
+	defer func() {
+		for _, c := range rawConns {
+			c.Close()
+		}
+	}()
 	if f := os.Getenv("HUB_IDLE_CPUPROFILE"); f != "" {
 		out, err := os.Create(f)
 		if err != nil {
@@ -101,7 +129,13 @@ func TestIdleListeners(t *testing.T) {
 	var cpu, rate []float64
 	for r := 1; r <= rounds; r++ {
 		u0, t0 := cpuNow(), time.Now()
-		if one {
+		if raw {
+			frame := []byte("id: 1:1\ndata: hello\n\n")
+			for _, c := range rawConns {
+				c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+				c.Write(frame)
+			}
+		} else if one {
 			mustPublish(t, h, "b", text("hello"))
 		} else {
 			for _, name := range names {
