@@ -172,9 +172,9 @@ func (l *listener) stream(conn net.Conn, head []byte) {
 	err := l.events(peerGone, send)
 	conn.Close()
 	<-peerGone
-	h.leave(l.ch, l.transport)
 	if err != nil {
-		h.dropped(context.Background(), l, err)
+		h.dropped(context.Background(), l, err) // counted before the listener leaves
 	}
+	h.leave(l.ch, l.transport)
 	h.serving.Done()
 }
