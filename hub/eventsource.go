@@ -155,19 +155,12 @@ func (l *listener) stream(conn net.Conn, head []byte) {
 			}
 		}
 	}()
+	cw := newConnWriter(conn, h.opts.WriteTimeout)
 	send := func(b []byte) error {
 		if head != nil {
 			b, head = append(head, b...), nil
 		}
-		var t time.Time
-		if d := h.opts.WriteTimeout; d > 0 {
-			t = time.Now().Add(d)
-		}
-		if err := conn.SetWriteDeadline(t); err != nil {
-			return err
-		}
-		_, err := conn.Write(b)
-		return err
+		return cw.write(b)
 	}
 	err := l.events(peerGone, send)
 	conn.Close()

@@ -212,3 +212,30 @@ func TestEventSourceNotHijacked(t *testing.T) {
 		check(t, h, &http.Client{Transport: tr}, srv.URL, returned, 1)
 	})
 }
+
+// TestConnWriter writes through a connection without a socket (as TLS
+// connections are): every write waits within the timeout.
+func TestConnWriter(t *testing.T) {
+	server, client := net.Pipe()
+	defer server.Close()
+	defer client.Close()
+	w := newConnWriter(server, 50*time.Millisecond)
+	if w.fast != nil {
+		t.Fatal("a pipe has no socket to write to at once")
+	}
+	got := make(chan []byte)
+	go func() {
+		b := make([]byte, 5)
+		io.ReadFull(client, b)
+		got <- b
+	}()
+	if err := w.write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if b := <-got; string(b) != "hello" {
+		t.Errorf("read %q", b)
+	}
+	if err := w.write([]byte("nobody reads")); !isTimeout(err) {
+		t.Errorf("write nobody reads: %v, want a timeout", err)
+	}
+}
