@@ -345,9 +345,9 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 // and no chunked encoding: it carries "Connection: close" and ends when the
 // connection closes. This keeps an idle listener at about 9 KiB of
 // process memory, against about 27 KiB for a net/http handler goroutine
-// with its buffers. Over
-// HTTP/2, or when w cannot hijack, the stream is served on the handler
-// goroutine and ServeSubscriber returns when it ends. Either way
+// with its buffers. Over HTTP/2, or when w cannot hijack, the stream is
+// served on the handler goroutine and ServeSubscriber returns when it
+// ends. Either way
 // [Hub.Shutdown] ends the stream and waits for it; http.Server.Shutdown
 // does not wait for a hijacked one (the connection is no longer the
 // server's), nor does the request's context follow it.
