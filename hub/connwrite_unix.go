@@ -3,6 +3,7 @@
 package hub
 
 import (
+	"errors"
 	"net"
 	"os"
 	"syscall"
@@ -41,6 +42,8 @@ func (w *rawWriter) tryWrite(b []byte) (int, error) {
 	n, werr := w.n, w.err
 	w.b, w.err = nil, nil
 	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return 0, nil // the deadline of an earlier write: write sets a new one
 	case err != nil:
 		return 0, err // the connection is closed
 	case werr == syscall.EAGAIN || werr == syscall.EINTR:
