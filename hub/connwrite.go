@@ -43,6 +43,20 @@ func (w *connWriter) write(b []byte) error {
 	return err
 }
 
+// tryAll writes as much of b as the socket takes at once, and returns the
+// rest (nil when it took everything); where the platform cannot write
+// without waiting, it writes everything within the timeout.
+func (w *connWriter) tryAll(b []byte) (rest []byte, err error) {
+	if w.fast == nil {
+		return nil, w.write(b)
+	}
+	n, err := w.fast.tryWrite(b)
+	if err != nil || n == len(b) {
+		return nil, err
+	}
+	return b[n:], nil
+}
+
 // fastWriter writes without waiting.
 type fastWriter interface {
 	// tryWrite writes as much of b as the socket takes at once, and

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net"
 	"net/http"
 	"time"
 
@@ -102,8 +101,8 @@ func (l *listener) send(b []byte) error {
 	return l.rc.Flush()
 }
 
-// hijack takes the listener's connection over and hands the stream to a
-// goroutine of its own (see stream), answering 200 itself. It reports
+// hijack takes the listener's connection over and serves the stream as an
+// hstream, answering 200 itself. It reports
 // false, nil when the ResponseWriter cannot hijack: the caller then serves
 // the stream on it.
 func (l *listener) hijack() (bool, error) {
@@ -132,42 +131,8 @@ func (l *listener) hijack() (bool, error) {
 	_ = brw
 	l.w, l.rc = nil, nil // let net/http's response and buffers go
 	l.wrote = true
-	// The goroutine owns the listener's place in its channel and in
+	// The stream owns the listener's place in its channel and in
 	// Hub.serving from now on.
-	go l.stream(conn, head.Bytes())
+	startStream(l, conn, head.Bytes())
 	return true, nil
-}
-
-// stream serves a hijacked EventSource stream on conn, whose first write is
-// head (the status line and headers) with the ": hi" comment. A goroutine
-// blocked in a small Read notices at once a client that closes or resets
-// the connection, and ends the stream. stream closes conn, waits for that
-// goroutine, and releases the listener's place.
-func (l *listener) stream(conn net.Conn, head []byte) {
-	h := l.hub
-	peerGone := make(chan struct{})
-	go func() {
-		var b [16]byte
-		for {
-			if _, err := conn.Read(b[:]); err != nil {
-				close(peerGone)
-				return
-			}
-		}
-	}()
-	cw := newConnWriter(conn, h.opts.WriteTimeout)
-	send := func(b []byte) error {
-		if head != nil {
-			b, head = append(head, b...), nil
-		}
-		return cw.write(b)
-	}
-	err := l.events(peerGone, send)
-	conn.Close()
-	<-peerGone
-	if err != nil {
-		h.dropped(context.Background(), l, err) // counted before the listener leaves
-	}
-	h.leave(l.ch, l.transport)
-	h.serving.Done()
 }
