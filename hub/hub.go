@@ -169,7 +169,10 @@ func (h *Hub) Open(ctx context.Context, channel string) (string, error) {
 // LF; nothing is published then.
 //
 // Publish never waits for listeners: it holds the channel's lock only to
-// append.
+// append. It hands the message to the channel's idle hijacked EventSource
+// streams (see ServeSubscriber); to a few of them it writes it itself, as
+// far as each socket takes it at once, which costs a system call each but
+// no goroutine; more get a goroutine of their own.
 func (h *Hub) Publish(ctx context.Context, channel string, m relay.Message) (relay.Receipt, error) {
 	if err := check(ctx, "publish", channel); err != nil {
 		return relay.Receipt{}, err
@@ -195,8 +198,8 @@ func (h *Hub) Publish(ctx context.Context, channel string, m relay.Message) (rel
 	}
 
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.closed {
+		c.mu.Unlock()
 		return relay.Receipt{}, opError("publish", channel, relay.ErrChannelNotFound)
 	}
 	c.stamp(msg, now)
@@ -210,13 +213,18 @@ func (h *Hub) Publish(ctx context.Context, channel string, m relay.Message) (rel
 	c.wake = newWake()
 	w.msg = msg
 	close(w.c)
-	if len(c.parked) > 0 {
-		parked := c.parked
-		c.parked = nil
-		go dispatch(parked, msg)
-	}
+	parked := c.parked
+	c.parked = nil
+	receipt := relay.Receipt{ID: msg.id, Subscribers: c.listeners, Queued: len(c.msgs)}
+	c.mu.Unlock()
 	h.stats.published.Add(1)
-	return relay.Receipt{ID: msg.id, Subscribers: c.listeners, Queued: len(c.msgs)}, nil
+	switch {
+	case len(parked) > inlineDispatch:
+		go dispatch(parked, msg)
+	case len(parked) > 0:
+		deliverAll(parked, msg) // cheaper than a goroutine; never waits
+	}
+	return receipt, nil
 }
 
 // Info reports on an open channel: its unexpired buffered messages, its
@@ -540,10 +548,10 @@ type chanState struct {
 	wake         *wake
 	closed       bool
 	listeners    int
-	parked       map[*hstream]struct{} // idle hijacked streams, caught up
-	maxListeners int                   // the cap of listeners; negative: none
-	requested    time.Time             // when a listener last connected; zero: never
-	modSec       int64                 // the second of modStr, reused within a second
+	parked       []*hstream // idle hijacked streams, caught up; see hstream.slot
+	maxListeners int        // the cap of listeners; negative: none
+	requested    time.Time  // when a listener last connected; zero: never
+	modSec       int64      // the second of modStr, reused within a second
 	modStr       string
 }
 
@@ -669,7 +677,7 @@ func (c *chanState) close() {
 	c.closed = true
 	c.msgs = nil
 	close(c.wake.c)
-	for s := range c.parked {
+	for _, s := range c.parked {
 		go s.run(nil) // finds the channel closed, and ends the stream
 	}
 	c.parked = nil
