@@ -88,11 +88,15 @@ func (s *hstream) unpark() bool {
 // message itself; more get a dispatching goroutine.
 const inlineDispatch = 4
 
+// dispatchChunk is the most streams one dispatching goroutine writes to; a
+// variable for tests.
+var dispatchChunk = 1024
+
 // dispatch writes m to the streams that were parked when it was published,
 // each of which follows its position at once (see hstream.deliver). Large
 // sets are shared among several goroutines.
 func dispatch(parked []*hstream, m *message) {
-	const chunk = 1024
+	chunk := dispatchChunk
 	for len(parked) > chunk {
 		go deliverAll(parked[:chunk], m)
 		parked = parked[chunk:]
