@@ -295,7 +295,7 @@ func parkedCount(h *Hub, channel string) int {
 // in order.
 func TestStreamsConcurrentPublish(t *testing.T) {
 	defer func(n int) { dispatchChunk = n }(dispatchChunk)
-	dispatchChunk = 8 // 20 streams: three dispatching goroutines
+	dispatchChunk = 8                        // 20 streams: three dispatching goroutines
 	for _, listeners := range []int{2, 20} { // Publish writes itself; dispatchers do
 		t.Run(fmt.Sprint(listeners), func(t *testing.T) {
 			const publishers, each = 4, 50

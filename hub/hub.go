@@ -352,18 +352,20 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 // An EventSource listener over HTTP/1.x takes the connection over
 // (http.Hijacker): ServeSubscriber writes the status line and the headers
 // then in w.Header() (with those it sets itself), and returns while the
-// stream goes on, served from a small goroutine that writes straight to the
-// connection, each write bounded by Options.WriteTimeout, and that notices
-// at once a client that goes away. Such a response has no Content-Length
-// and no chunked encoding: it carries "Connection: close" and ends when the
-// connection closes. This keeps an idle listener at about 9 KiB of
-// process memory, against about 27 KiB for a net/http handler goroutine
-// with its buffers. Over HTTP/2, or when w cannot hijack, the stream is
-// served on the handler goroutine and ServeSubscriber returns when it
-// ends. Either way
-// [Hub.Shutdown] ends the stream and waits for it; http.Server.Shutdown
-// does not wait for a hijacked one (the connection is no longer the
-// server's), nor does the request's context follow it.
+// stream goes on. Such a response has no Content-Length and no chunked
+// encoding: it carries "Connection: close" and ends when the connection
+// closes. While the stream is idle, only a goroutine blocked in a small
+// Read serves it, to notice at once a client that goes away; Publish hands
+// the message to the channel's idle streams and it is written straight to
+// their sockets, as far as each takes it at once; a stream that has more to
+// take gets a goroutine until it is caught up, each of whose writes is
+// bounded by Options.WriteTimeout. This keeps an idle listener at about
+// 5 KiB of process memory, against about 27 KiB for a net/http handler
+// goroutine with its buffers. Over HTTP/2, or when w cannot hijack, the
+// stream is served on the handler goroutine and ServeSubscriber returns
+// when it ends. Either way [Hub.Shutdown] ends the stream and waits for it;
+// http.Server.Shutdown does not wait for a hijacked one (the connection is
+// no longer the server's), nor does the request's context follow it.
 //
 // A listener that resumes after a position P (not a fresh one, which starts
 // at the oldest buffered message) and whose next messages were dropped
