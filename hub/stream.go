@@ -98,7 +98,7 @@ var dispatchChunk = 1024
 func dispatch(parked []*hstream, m *message) {
 	chunk := dispatchChunk
 	for len(parked) > chunk {
-		go deliverAll(parked[:chunk], m)
+		go deliverAll(parked[:chunk:chunk], m)
 		parked = parked[chunk:]
 	}
 	deliverAll(parked, m)
