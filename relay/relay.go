@@ -50,7 +50,9 @@ type Relay interface {
 // type assertion on a [Relay].
 type SubscriberServer interface {
 	// ServeSubscriber serves one listener of channel on w. The caller has
-	// already decided that the request may listen to channel.
+	// already decided that the request may listen to channel. It may return
+	// while the listener goes on, on a connection it took over from
+	// net/http (http.Hijacker); the relay's own shutdown then ends it.
 	ServeSubscriber(w http.ResponseWriter, r *http.Request, channel string)
 }
 
