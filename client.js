@@ -9,6 +9,7 @@
 //     onState(state, info) {}, // 'connecting', 'open' {transport, channel, broadcast},
 //                              // 'reconnecting' {delay}, 'signed-out', 'closed'
 //     onError(err) {},
+//     onGap(lastId, info) {},  // messages after lastId were lost; info: {channel}
 //   });
 //   sub.close();
 //
@@ -32,6 +33,16 @@
 // The states follow the session's stream: 'open' when it opens, and again,
 // with info.broadcast (the broadcast channel's ID, else null), when the
 // broadcast stream opens beside it.
+//
+// The embedded relay (package hub) keeps a bounded buffer per channel; a
+// listener that resumes after a message older than the buffer, or falls so
+// far behind that messages were dropped before it got them, is told so
+// before the next message: an EventSource event "gap", a long-poll header
+// X-Gap, a "gap:" line in a ws+meta.nchan frame. The client then calls
+// onGap(lastId, {channel}) with the id of the last message it had, before
+// the onMessage of the first message after the gap, and carries on; the
+// application may reload what the lost messages would have told it. Nchan
+// sends no such signal, and a plain WebSocket carries none.
 (function (root) {
   'use strict';
 
@@ -47,6 +58,7 @@
       onMessage() {},
       onState() {},
       onError() {},
+      onGap() {},
     }, options);
     const listen = {websocket: webSocket, eventsource: eventSource, longpoll: longPoll};
     const usable = {
@@ -189,16 +201,18 @@
       ws.onopen = () => opened(l, run);
       ws.onmessage = (e) => {
         let frame = typeof e.data === 'string' ? e.data : new TextDecoder().decode(e.data);
-        let id = '', type = '';
+        let id = '', type = '', after = '';
         if (ws.protocol === META) {
           const end = frame.indexOf('\n\n');
           for (const line of frame.slice(0, Math.max(end, 0)).split('\n')) {
             const [, key, value] = /^([^:]*): ?(.*)$/.exec(line) || [];
             if (key === 'id') id = value;
             else if (key === 'content-type') type = value;
+            else if (key === 'gap') after = value;
           }
           frame = end < 0 ? frame : frame.slice(end + 2);
         }
+        if (after) gap(l, after);
         if (id) l.lastId = id;
         deliver(l, frame, id, 'message', !type || /json/i.test(type));
       };
@@ -217,6 +231,8 @@
       es.onopen = () => opened(l, run);
       es.onmessage = onEvent;
       for (const name of opts.events) es.addEventListener(name, onEvent);
+      // The relay's gap signal: no id, so lastEventId stays the last message's.
+      es.addEventListener('gap', (e) => gap(l, e.data));
       es.onerror = () => {
         // The stream ended or was refused; EventSource does not say which.
         // Rather than let the browser retry the same channel, ask which
@@ -250,6 +266,8 @@
         const type = res.headers.get('Content-Type');
         const seconds = Date.parse(modified) / 1000; // NaN without Last-Modified
         const id = Number.isInteger(seconds) && etag !== null ? seconds + ':' + etag : '';
+        const after = res.headers.get('X-Gap');
+        if (after) gap(l, after);
         if (id) l.lastId = id;
         deliver(l, text, id, 'message', !type || /json/i.test(type));
         // Walk on from this message, as Nchan expects.
@@ -263,6 +281,15 @@
       } else {
         l.lastId = ''; // e.g. 400, a position the relay does not take: restart from the cursor
         ended(l, run, new Error('SessionPush: listening: HTTP ' + status));
+      }
+    }
+
+    // gap tells the application that messages after lastId were lost.
+    function gap(l, lastId) {
+      try {
+        opts.onGap(lastId, {channel: l.sub.channel});
+      } catch (err) {
+        opts.onError(err);
       }
     }
 

@@ -253,6 +253,58 @@ test('websocket: https becomes wss; without ws+meta.nchan, frames are bodies', a
   });
 });
 
+test('gap: onGap(lastId) before the next message, on every transport', async () => {
+  const net = fakeNet();
+  await withGlobals({WebSocket: FakeWebSocket, EventSource: FakeEventSource, location: {href: 'http://example.test/'}}, async () => {
+    const log = [];
+    const {sub} = start({
+      onMessage: (m) => log.push(['message', m.id]),
+      onGap: (lastId, info) => log.push(['gap', lastId, info.channel]),
+    });
+
+    // WebSocket with ws+meta.nchan: a "gap:" line in the frame.
+    await expectSubscribe(net, {channel: 'c1', cursor: '100:0', url: '/sub/c1'});
+    const ws = await FakeWebSocket.next();
+    ws.protocol = 'ws+meta.nchan';
+    ws.onopen();
+    ws.onmessage({data: 'id: 100:5\ncontent-type: application/json\ngap: 100:0\n\n{"n":5}'});
+    ws.onmessage({data: 'id: 100:6\n\n{"n":6}'});
+    ws.onclose({code: 1006});
+    for (let i = 0; i < 2; i++) { // two failed handshakes: EventSource
+      await expectSubscribe(net, {channel: 'c1', cursor: '100:6', url: '/sub/c1'});
+      (await FakeWebSocket.next()).onclose({code: 1006});
+    }
+
+    // EventSource: an event "gap" whose data is the last id, without an id.
+    await expectSubscribe(net, {channel: 'c1', cursor: '100:6', url: '/sub/c1'});
+    const es = await FakeEventSource.next();
+    assert.equal(es.url, '/sub/c1?last_event_id=100%3A6');
+    es.onopen();
+    es.ongap({type: 'gap', data: '100:6', lastEventId: '100:6'});
+    es.onmessage({type: 'message', data: '{"n":9}', lastEventId: '100:9'});
+    es.onerror();
+    for (let i = 0; i < 2; i++) { // two streams that never open: long-poll
+      await expectSubscribe(net, {channel: 'c1', cursor: '100:9', url: '/sub/c1'});
+      (await FakeEventSource.next()).onerror();
+    }
+
+    // Long-poll: the X-Gap header on the answer.
+    await expectSubscribe(net, {channel: 'c1', cursor: '100:9', url: '/sub/c1'});
+    (await expectPoll(net, '/sub/c1', {'last-event-id': '100:9'}))
+      .respond(200, '{"n":12}', {...json, 'Last-Modified': at(100), Etag: '12', 'X-Gap': '100:9'});
+    (await expectPoll(net, '/sub/c1', {'if-modified-since': at(100), 'if-none-match': '12'}))
+      .respond(200, '{"n":13}', {...json, 'Last-Modified': at(100), Etag: '13'});
+    await expectPoll(net, '/sub/c1', {'if-modified-since': at(100), 'if-none-match': '13'});
+    sub.close();
+
+    assert.deepEqual(log, [
+      ['gap', '100:0', 'c1'], ['message', '100:5'], ['message', '100:6'],
+      ['gap', '100:6', 'c1'], ['message', '100:9'],
+      ['gap', '100:9', 'c1'], ['message', '100:12'], ['message', '100:13'],
+    ]);
+  });
+});
+
 test('a channel that the relay lost and opened anew resumes from its cursor', async () => {
   const net = fakeNet();
   const {sub, messages} = start({transports: ['longpoll']});

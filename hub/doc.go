@@ -44,7 +44,13 @@
 // has a name), an "id:" line and one "data:" line per body line, then a
 // blank line. A comment line keeps a silent stream alive every
 // Options.Heartbeat. When the channel is closed the stream ends with
-// ":410: 410 Gone".
+// ":410: 410 Gone". Over HTTP/1.x the hub takes the connection over from
+// net/http (it hijacks it) and serves the stream from a small goroutine of
+// its own, so that an idle listener costs about 9 KiB of process memory
+// rather than about 27 KiB for a handler goroutine with net/http's buffers; the response then carries
+// "Connection: close" and ends with the connection, and ServeSubscriber
+// returns while the stream goes on. Over HTTP/2, or behind a ResponseWriter
+// that cannot hijack, the stream is chunked on the handler goroutine.
 //
 // WebSocket, served with github.com/coder/websocket, checks the channel and
 // the position as the others do and answers a refusal on the handshake, as
@@ -71,6 +77,34 @@
 // Every answer carries "Cache-Control: no-store" and "X-Accel-Buffering: no";
 // long-poll answers also "Vary: If-None-Match, If-Modified-Since".
 //
+// # Gaps
+//
+// The buffer is bounded, so a listener can miss messages: one that resumes
+// after a position older than the buffer, or one that falls behind while
+// its writes are slow and whose next messages are dropped meanwhile
+// (evicted by Options.BufferLength, expired by Options.MessageTTL, or never
+// buffered when BufferLength is negative). The hub tells such a listener,
+// just before the first message it gets after the gap, naming the position
+// P ("<sec>:<tag>") of the last message it had:
+//
+//   - EventSource: an event "event: gap" with "data: P" and no "id:" line
+//     (so the browser's Last-Event-ID stays at P);
+//   - long-poll: the answer that carries that message has "X-Gap: P";
+//   - WebSocket with ws+meta.nchan: that message's frame has a line
+//     "gap: P" after its "id:" and "content-type:" lines;
+//   - plain WebSocket: no signal (its frames carry only the body).
+//
+// A listener that starts without a position never gets a gap. The event
+// name "gap" is reserved: [Hub.Publish] refuses it ([ErrReservedEvent]).
+// Nchan sends no such signal.
+//
+// # Stats
+//
+// [Hub.Stats] and [Hub.RelayStats] report, from atomic counters, the open
+// channels, the listeners by transport, the messages published and
+// delivered, the listeners dropped because a write failed or was too slow,
+// the gaps signalled and the listeners refused by HTTP status.
+//
 // # Defaults
 //
 // The zero [Options] gives Nchan's and nginx's defaults: 10 messages per
@@ -81,17 +115,24 @@
 // # Concurrency
 //
 // A Hub is safe for concurrent use. Publish holds a channel's lock only to
-// append and to wake its listeners; each listener then writes on its own
-// request goroutine, so a slow or stalled listener delays no one else and is
-// disconnected when a write takes longer than Options.WriteTimeout. Each
-// write also extends the connection's write deadline, so an http.Server
-// WriteTimeout shorter than a stream does not cut it (a WebSocket connection,
-// once hijacked, has no server deadline; each of its writes is bounded by a
-// context instead).
+// append and to wake its listeners, and never waits for them; each listener
+// then writes on its own goroutine, so a slow or stalled listener delays
+// no one else. A listener whose write (or, on WebSocket, whose answer to a
+// ping) takes longer than Options.WriteTimeout is disconnected: a listener
+// that stops reading is gone within WriteTimeout of the moment its socket
+// buffers fill, is counted in Stats.SlowDisconnects and logged at debug
+// level ("hub: slow listener disconnected", with channel and transport).
+// Listeners read from the channel's buffer, with no queue of their own, so
+// memory stays bounded by the buffers however slow they are. Each write
+// also extends the connection's write deadline, so an http.Server
+// WriteTimeout shorter than a stream does not cut it (a WebSocket connection
+// or an EventSource stream, once hijacked, has no server deadline; each of
+// its writes is bounded by its own deadline instead).
 //
 // [Hub.Shutdown] ends every listener as Close does, refuses new ones (503)
 // and every later call ([relay.ErrClosed]), and returns when every
-// ServeSubscriber call has returned. A WebSocket listener returns only once
+// ServeSubscriber call has returned and every hijacked EventSource stream
+// has ended (http.Server.Shutdown does not wait for those). A WebSocket listener returns only once
 // its connection is closed and the goroutine that reads it has ended; its
 // close handshake takes at most 5 seconds to send the close and 5 to await
 // the client's answer, bounds that coder/websocket sets.

@@ -1,8 +1,14 @@
 package hub
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"net"
 	"net/http"
+	"time"
+
+	"github.com/sessionpush/sessionpush/relay"
 )
 
 var (
@@ -11,15 +17,26 @@ var (
 	gone      = []byte(":410: 410 Gone\n\n")
 )
 
+const eventStreamType = "text/event-stream; charset=utf-8"
+
 // eventSource streams every message after l.pos as an EventSource event, a
 // comment after each Options.Heartbeat of silence, and ":410: 410 Gone" when
-// the channel ends. It returns when the channel or the request ends, or when
-// a write fails.
+// the channel ends, on the ResponseWriter. It returns when the channel or
+// the request ends, or when a write fails.
 func (l *listener) eventSource(ctx context.Context) error {
-	l.w.Header().Set("Content-Type", "text/event-stream; charset=utf-8")
+	l.w.Header().Set("Content-Type", eventStreamType)
 	l.deadline()
 	l.w.WriteHeader(http.StatusOK)
-	if err := l.send(hello); err != nil {
+	l.wrote = true
+	return l.events(ctx.Done(), l.send)
+}
+
+// events is the EventSource stream after its headers, written with send.
+// The heartbeat timer is not reset at each write: when it fires after a
+// write, it is set for the rest of the silence, so that a delivery costs no
+// timer update.
+func (l *listener) events(done <-chan struct{}, send func([]byte) error) error {
+	if err := send(hello); err != nil {
 		return err
 	}
 	d := l.hub.opts.Heartbeat
@@ -27,26 +44,53 @@ func (l *listener) eventSource(ctx context.Context) error {
 	if t != nil {
 		defer t.Stop()
 	}
+	wrote := time.Now() // the last write
 	for {
-		m, err := l.await(ctx, beat)
+		m, gap, err := l.await(done, beat)
 		switch {
 		case err == errGone:
-			return l.send(gone)
+			return send(gone)
 		case m != nil:
-			err = l.send(m.frame)
+			b := m.frame
+			if gap {
+				b = append(gapEventFrame(l.pos), m.frame...)
+			}
+			err = send(b)
 			l.pos = m.pos
-		case ctx.Err() != nil:
-			return nil
+			if err == nil {
+				l.delivered(gap)
+				if t != nil {
+					wrote = time.Now()
+				}
+			}
 		default:
-			err = l.send(heartbeat)
+			select {
+			case <-done:
+				return nil
+			default:
+			}
+			if silence := time.Since(wrote); silence < d {
+				t.Reset(d - silence)
+				continue
+			}
+			err = send(heartbeat)
+			wrote = time.Now()
+			t.Reset(d)
 		}
 		if err != nil {
 			return err
 		}
-		if t != nil {
-			t.Reset(d)
-		}
 	}
+}
+
+// gapEventFrame returns the event that tells a listener at pos that messages
+// after it were dropped: named "gap", pos as data, no id. Room is left for
+// the frame that follows.
+func gapEventFrame(pos relay.MessageID) []byte {
+	b := make([]byte, 0, 128)
+	b = append(b, "event: "+gapEvent+"\ndata: "...)
+	b = append(b, pos.String()...)
+	return append(b, "\n\n"...)
 }
 
 // send writes b and flushes it within Options.WriteTimeout.
@@ -56,4 +100,81 @@ func (l *listener) send(b []byte) error {
 		return err
 	}
 	return l.rc.Flush()
+}
+
+// hijack takes the listener's connection over and hands the stream to a
+// goroutine of its own (see stream), answering 200 itself. It reports
+// false, nil when the ResponseWriter cannot hijack: the caller then serves
+// the stream on it.
+func (l *listener) hijack() (bool, error) {
+	conn, brw, err := l.rc.Hijack() // the root middleware's writer may add Set-Cookie first
+	if err != nil {
+		if errors.Is(err, http.ErrNotSupported) {
+			return false, nil
+		}
+		return false, err
+	}
+	hdr := l.w.Header()
+	hdr.Set("Content-Type", eventStreamType)
+	hdr.Set("Connection", "close") // the stream ends with the connection
+	hdr.Del("Content-Length")
+	hdr.Del("Transfer-Encoding")
+	if _, ok := hdr["Date"]; !ok {
+		hdr.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+	}
+	var head bytes.Buffer
+	head.Grow(512)
+	head.WriteString("HTTP/1.1 200 OK\r\n")
+	hdr.Write(&head)
+	head.WriteString("\r\n")
+	// Bytes the client sent after its request, if any, are of no use: a
+	// listener is not expected to send anything.
+	_ = brw
+	l.w, l.rc = nil, nil // let net/http's response and buffers go
+	l.wrote = true
+	// The goroutine owns the listener's place in its channel and in
+	// Hub.serving from now on.
+	go l.stream(conn, head.Bytes())
+	return true, nil
+}
+
+// stream serves a hijacked EventSource stream on conn, whose first write is
+// head (the status line and headers) with the ": hi" comment. A goroutine
+// blocked in a small Read notices at once a client that closes or resets
+// the connection, and ends the stream. stream closes conn, waits for that
+// goroutine, and releases the listener's place.
+func (l *listener) stream(conn net.Conn, head []byte) {
+	h := l.hub
+	peerGone := make(chan struct{})
+	go func() {
+		var b [16]byte
+		for {
+			if _, err := conn.Read(b[:]); err != nil {
+				close(peerGone)
+				return
+			}
+		}
+	}()
+	send := func(b []byte) error {
+		if head != nil {
+			b, head = append(head, b...), nil
+		}
+		var t time.Time
+		if d := h.opts.WriteTimeout; d > 0 {
+			t = time.Now().Add(d)
+		}
+		if err := conn.SetWriteDeadline(t); err != nil {
+			return err
+		}
+		_, err := conn.Write(b)
+		return err
+	}
+	err := l.events(peerGone, send)
+	conn.Close()
+	<-peerGone
+	h.leave(l.ch, l.transport)
+	if err != nil {
+		h.dropped(context.Background(), l, err)
+	}
+	h.serving.Done()
 }

@@ -99,3 +99,45 @@ func Example_webSocket() {
 	// {"hello":"world"}
 	// StatusGoingAway
 }
+
+// Stats counts what the hub does; here a listener that resumes after a
+// message the buffer (one message) no longer holds gets the next one with
+// the gap signal. RelayStats gives the same numbers as relay.Stat, for a
+// metrics exporter.
+func ExampleHub_Stats() {
+	ctx := context.Background()
+	h := hub.New(hub.Options{BufferLength: 1})
+	defer h.Shutdown(ctx)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeSubscriber(w, r, "news")
+	}))
+	defer srv.Close()
+
+	h.Open(ctx, "news")
+	first, _ := h.Publish(ctx, "news", relay.Message{Body: []byte("one")})
+	h.Publish(ctx, "news", relay.Message{Body: []byte("two")})
+	h.Publish(ctx, "news", relay.Message{Body: []byte("three")})
+
+	req, _ := http.NewRequest("GET", srv.URL, nil)
+	req.Header.Set("Last-Event-ID", first.ID)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	fmt.Printf("%s, gap after the first: %v\n", body, resp.Header.Get("X-Gap") == first.ID)
+
+	s := h.Stats()
+	fmt.Printf("channels %d, published %d, deliveries %d, gaps %d\n", s.Channels, s.Published, s.Deliveries, s.Gaps)
+	for _, st := range h.RelayStats() {
+		if st.Name == "gaps_total" {
+			fmt.Println(st.Name, st.Value)
+		}
+	}
+	// Output:
+	// three, gap after the first: true
+	// channels 1, published 3, deliveries 1, gaps 1
+	// gaps_total 1
+}

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -76,8 +78,9 @@ type Options struct {
 	OriginPatterns []string
 
 	// Logger records dropped and refused listeners: at debug level when a
-	// write fails or a WebSocket handshake is refused, at error level when
-	// the ResponseWriter cannot flush or hijack. Nil means slog.Default().
+	// write fails, a write times out ("hub: slow listener disconnected")
+	// or a WebSocket handshake is refused, at error level when the
+	// ResponseWriter cannot flush or hijack. Nil means slog.Default().
 	Logger *slog.Logger
 }
 
@@ -95,7 +98,11 @@ type Hub struct {
 	channels map[string]*chanState
 	closed   bool
 
-	serving sync.WaitGroup // ServeSubscriber calls in flight
+	serving sync.WaitGroup // ServeSubscriber calls and hijacked streams in flight
+
+	stats counters
+
+	noHijack bool // tests: serve EventSource on the ResponseWriter, as before hijacking
 }
 
 // New returns a Hub configured by opts, with defaults for its zero fields.
@@ -144,6 +151,7 @@ func (h *Hub) Open(ctx context.Context, channel string) (string, error) {
 	if c == nil {
 		c = &chanState{wake: newWake(), maxListeners: h.opts.MaxListeners}
 		h.channels[channel] = c
+		h.stats.channels.Add(1)
 	}
 	h.mu.Unlock()
 
@@ -155,8 +163,10 @@ func (h *Hub) Open(ctx context.Context, channel string) (string, error) {
 // Publish appends m to the channel's buffer and wakes its listeners. It
 // returns an error wrapping [relay.ErrChannelNotFound] if the channel is not
 // open, [relay.ErrMessageTooLarge] if the body exceeds
-// Options.MaxMessageSize, [relay.ErrClosed] after Shutdown, and an error if
-// m.Event contains CR or LF; nothing is published then.
+// Options.MaxMessageSize, [relay.ErrClosed] after Shutdown, an error
+// wrapping [ErrReservedEvent] if m.Event is "gap" (the name of the hub's
+// gap signal, see ServeSubscriber), and an error if m.Event contains CR or
+// LF; nothing is published then.
 //
 // Publish never waits for listeners: it holds the channel's lock only to
 // append.
@@ -166,6 +176,9 @@ func (h *Hub) Publish(ctx context.Context, channel string, m relay.Message) (rel
 	}
 	if strings.ContainsAny(m.Event, "\r\n") {
 		return relay.Receipt{}, opError("publish", channel, errors.New("event name contains CR or LF"))
+	}
+	if m.Event == gapEvent {
+		return relay.Receipt{}, opError("publish", channel, fmt.Errorf("%w: %q", ErrReservedEvent, m.Event))
 	}
 	if limit := h.opts.MaxMessageSize; limit >= 0 && len(m.Body) > limit {
 		return relay.Receipt{}, opError("publish", channel,
@@ -189,12 +202,15 @@ func (h *Hub) Publish(ctx context.Context, channel string, m relay.Message) (rel
 	c.stamp(msg, now)
 	if h.opts.BufferLength > 0 {
 		c.msgs = append(c.msgs, msg)
+	} else {
+		c.dropped = msg.pos // never buffered
 	}
 	c.prune(now, h.opts.BufferLength)
 	w := c.wake
 	c.wake = newWake()
 	w.msg = msg
 	close(w.c)
+	h.stats.published.Add(1)
 	return relay.Receipt{ID: msg.id, Subscribers: c.listeners, Queued: len(c.msgs)}, nil
 }
 
@@ -245,6 +261,7 @@ func (h *Hub) Close(ctx context.Context, channel string) error {
 	case c == nil:
 		return opError("close", channel, relay.ErrChannelNotFound)
 	}
+	h.stats.channels.Add(-1)
 	c.close()
 	return nil
 }
@@ -280,7 +297,8 @@ func (h *Hub) SetMaxListeners(channel string, n int) error {
 
 // Shutdown closes every channel as [Hub.Close] does and refuses new
 // listeners (503) and every later call ([relay.ErrClosed]). It returns nil
-// once every ServeSubscriber call has returned, or ctx.Err() if ctx ends
+// once every ServeSubscriber call has returned and every EventSource stream
+// it handed to a goroutine of its own has ended, or ctx.Err() if ctx ends
 // first; listeners still writing then end within Options.WriteTimeout, and
 // a WebSocket's close handshake within coder/websocket's bounds (5 seconds
 // to send the close, 5 to await the client's answer).
@@ -288,6 +306,7 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	h.mu.Lock()
 	channels := h.channels
 	h.channels, h.closed = nil, true
+	h.stats.channels.Add(-int64(len(channels)))
 	h.mu.Unlock()
 	for _, c := range channels {
 		c.close()
@@ -316,6 +335,35 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 // other than GET and 503 after Shutdown; WebSocket handshakes get these
 // answers too, before the upgrade, and 403 for an Origin that
 // Options.OriginPatterns does not allow.
+//
+// An EventSource listener over HTTP/1.x takes the connection over
+// (http.Hijacker): ServeSubscriber writes the status line and the headers
+// then in w.Header() (with those it sets itself), and returns while the
+// stream goes on, served from a small goroutine that writes straight to the
+// connection, each write bounded by Options.WriteTimeout, and that notices
+// at once a client that goes away. Such a response has no Content-Length
+// and no chunked encoding: it carries "Connection: close" and ends when the
+// connection closes. This keeps an idle listener at about 9 KiB of
+// process memory, against about 27 KiB for a net/http handler goroutine
+// with its buffers. Over
+// HTTP/2, or when w cannot hijack, the stream is served on the handler
+// goroutine and ServeSubscriber returns when it ends. Either way
+// [Hub.Shutdown] ends the stream and waits for it; http.Server.Shutdown
+// does not wait for a hijacked one (the connection is no longer the
+// server's), nor does the request's context follow it.
+//
+// A listener that resumes after a position P (not a fresh one, which starts
+// at the oldest buffered message) and whose next messages were dropped
+// before it got them (evicted by Options.BufferLength, expired by
+// Options.MessageTTL, or never buffered), either when it resumes or because
+// it fell that far behind, is told so before the first message after the
+// gap: EventSource gets an event named "gap" whose data is P
+// ("<sec>:<tag>", the last message it had) and that has no "id:" line, so
+// it does not move the browser's Last-Event-ID; long-poll gets the answer
+// carrying the first message after the gap with the header "X-Gap: P";
+// WebSocket with the ws+meta.nchan subprotocol gets the frame of that
+// message with a "gap: P" line after its other header lines. A plain
+// WebSocket gets no signal, as its frames carry no metadata.
 func (h *Hub) ServeSubscriber(w http.ResponseWriter, r *http.Request, channel string) {
 	hdr := w.Header()
 	hdr.Set("Cache-Control", "no-store")
@@ -323,53 +371,106 @@ func (h *Hub) ServeSubscriber(w http.ResponseWriter, r *http.Request, channel st
 	webSocket := isWebSocket(r)
 	eventStream := !webSocket && acceptsEventStream(r)
 	longPoll := !webSocket && !eventStream
+	tr := transportLongPoll
+	switch {
+	case webSocket:
+		tr = transportWebSocket
+	case eventStream:
+		tr = transportEventSource
+	}
 	if longPoll {
 		hdr.Add("Vary", "If-None-Match, If-Modified-Since")
 	}
 	if !h.enter() {
-		reply(w, http.StatusServiceUnavailable, "")
+		h.refuse(w, http.StatusServiceUnavailable, "")
 		return
 	}
-	defer h.serving.Done()
+	handedOff := false // to a hijacked stream, which calls serving.Done
+	defer func() {
+		if !handedOff {
+			h.serving.Done()
+		}
+	}()
 
 	if r.Method != http.MethodGet {
 		hdr.Set("Allow", http.MethodGet)
-		reply(w, http.StatusMethodNotAllowed, "")
+		h.refuse(w, http.StatusMethodNotAllowed, "")
 		return
 	}
 	if relay.ValidateID(channel) != nil {
-		reply(w, http.StatusBadRequest, "invalid channel id")
+		h.refuse(w, http.StatusBadRequest, "invalid channel id")
 		return
 	}
 	pos, reason := position(r, longPoll)
 	if reason != "" {
-		reply(w, http.StatusBadRequest, reason)
+		h.refuse(w, http.StatusBadRequest, reason)
 		return
 	}
-	c := h.join(channel)
+	c := h.join(channel, tr)
 	if c == nil {
-		reply(w, http.StatusForbidden, "")
+		h.refuse(w, http.StatusForbidden, "")
 		return
 	}
-	defer c.leave()
+	defer func() {
+		if !handedOff {
+			h.leave(c, tr)
+		}
+	}()
 
-	l := &listener{hub: h, ch: c, w: w, rc: http.NewResponseController(w), pos: pos}
+	l := &listener{hub: h, ch: c, w: w, rc: http.NewResponseController(w), pos: pos, channel: channel, transport: tr}
 	var err error
 	switch {
 	case webSocket:
 		err = l.webSocket(r)
 	case eventStream:
+		if r.ProtoMajor == 1 && !h.noHijack {
+			handedOff, err = l.hijack()
+			if handedOff || err != nil {
+				break
+			}
+		}
 		err = l.eventSource(r.Context())
 	default:
 		err = l.longPoll(r.Context())
 	}
 	if err != nil {
-		level := slog.LevelDebug
-		if errors.Is(err, http.ErrNotSupported) {
-			level = slog.LevelError // a ResponseWriter wrapper that cannot flush or hijack
-		}
-		h.log.Log(r.Context(), level, "hub: listener dropped", "channel", channel, "err", err)
+		h.dropped(r.Context(), l, err)
 	}
+}
+
+// dropped counts and logs a listener ended by err.
+func (h *Hub) dropped(ctx context.Context, l *listener, err error) {
+	switch {
+	case errors.Is(err, http.ErrNotSupported):
+		// a ResponseWriter wrapper that cannot flush or hijack
+		h.log.Log(ctx, slog.LevelError, "hub: listener dropped", "channel", l.channel, "err", err)
+	case l.wrote && isTimeout(err):
+		h.stats.slow.Add(1)
+		h.log.Log(ctx, slog.LevelDebug, "hub: slow listener disconnected",
+			"channel", l.channel, "transport", l.transport.String(), "err", err)
+	default:
+		if l.wrote {
+			h.stats.writeFailed.Add(1)
+		}
+		h.log.Log(ctx, slog.LevelDebug, "hub: listener dropped",
+			"channel", l.channel, "transport", l.transport.String(), "err", err)
+	}
+}
+
+// isTimeout reports whether err is a write or a ping that did not complete
+// within its deadline.
+func isTimeout(err error) bool {
+	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// refuse answers a listener that is not let in, and counts it.
+func (h *Hub) refuse(w http.ResponseWriter, code int, reason string) {
+	h.stats.refusedAdd(code)
+	reply(w, code, reason)
 }
 
 // enter counts a ServeSubscriber call for Shutdown, or reports false after
@@ -387,7 +488,7 @@ func (h *Hub) enter() bool {
 
 // join registers a listener on the named channel, or returns nil if the
 // channel is not open or is full.
-func (h *Hub) join(name string) *chanState {
+func (h *Hub) join(name string, tr transport) *chanState {
 	h.mu.RLock()
 	c := h.channels[name]
 	h.mu.RUnlock()
@@ -401,7 +502,14 @@ func (h *Hub) join(name string) *chanState {
 	}
 	c.listeners++
 	c.requested = time.Now()
+	h.stats.listeners[tr].Add(1)
 	return c
+}
+
+// leave unregisters a listener that join registered.
+func (h *Hub) leave(c *chanState, tr transport) {
+	c.leave()
+	h.stats.listeners[tr].Add(-1)
 }
 
 func (h *Hub) lookup(op, name string) (*chanState, error) {
@@ -423,6 +531,7 @@ type chanState struct {
 	mu           sync.RWMutex
 	msgs         []*message
 	last         relay.MessageID // newest ID issued; zero before the first
+	dropped      relay.MessageID // newest ID dropped from msgs or never in it; zero: none
 	wake         *wake
 	closed       bool
 	listeners    int
@@ -486,6 +595,7 @@ func (c *chanState) prune(now time.Time, keep int) {
 		drop++
 	}
 	if drop > 0 {
+		c.dropped = c.msgs[drop-1].pos
 		n := copy(c.msgs, c.msgs[drop:])
 		clear(c.msgs[n:])
 		c.msgs = c.msgs[:n]
@@ -493,13 +603,17 @@ func (c *chanState) prune(now time.Time, keep int) {
 }
 
 // next returns the oldest unexpired message after pos or, if there is none,
-// the wake to wait on. closed reports that the channel has ended.
-func (c *chanState) next(pos relay.MessageID) (m *message, w *wake, closed bool) {
+// the wake to wait on. closed reports that the channel has ended. gap
+// reports that messages after a non-zero pos were dropped before the one
+// returned, or before the one the wake will bring: dropped from the buffer,
+// or expired there.
+func (c *chanState) next(pos relay.MessageID) (m *message, w *wake, gap, closed bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	if c.closed {
-		return nil, nil, true
+		return nil, nil, false, true
 	}
+	gap = pos != (relay.MessageID{}) && c.dropped.Compare(pos) > 0
 	i, found := slices.BinarySearchFunc(c.msgs, pos, func(m *message, id relay.MessageID) int {
 		return m.pos.Compare(id)
 	})
@@ -508,10 +622,11 @@ func (c *chanState) next(pos relay.MessageID) (m *message, w *wake, closed bool)
 	}
 	for now := time.Now(); i < len(c.msgs); i++ {
 		if c.msgs[i].live(now) {
-			return c.msgs[i], nil, false
+			return c.msgs[i], nil, gap, false
 		}
+		gap = pos != (relay.MessageID{}) // an expired one, not yet pruned
 	}
-	return nil, c.wake, false
+	return nil, c.wake, gap, false
 }
 
 // sent returns the message that fired w if it follows pos and is live: the
@@ -607,38 +722,51 @@ func (m *message) live(now time.Time) bool {
 	return m.expires.IsZero() || now.Before(m.expires)
 }
 
-// listener is one ServeSubscriber call in progress.
+// listener is one ServeSubscriber call in progress, or a hijacked
+// EventSource stream.
 type listener struct {
-	hub *Hub
-	ch  *chanState
-	w   http.ResponseWriter
-	rc  *http.ResponseController
-	pos relay.MessageID // the newest message delivered, or the resume position
+	hub       *Hub
+	ch        *chanState
+	w         http.ResponseWriter // nil once hijacked
+	rc        *http.ResponseController
+	pos       relay.MessageID // the newest message delivered, or the resume position
+	channel   string
+	transport transport
+	wrote     bool // the response started: a later failure is a write's
 }
 
 // await returns the next message after l.pos, waiting until one is
-// published, expire fires or ctx ends (nil, nil), or the channel ends (nil,
-// errGone).
-func (l *listener) await(ctx context.Context, expire <-chan time.Time) (*message, error) {
+// published, expire fires or done is closed (nil, nil), or the channel ends
+// (nil, errGone). gap reports that messages between l.pos and m were
+// dropped (see chanState.next).
+func (l *listener) await(done <-chan struct{}, expire <-chan time.Time) (m *message, gap bool, err error) {
 	for {
-		m, w, closed := l.ch.next(l.pos)
+		m, w, gap, closed := l.ch.next(l.pos)
 		switch {
 		case closed:
-			return nil, errGone
+			return nil, false, errGone
 		case m != nil:
-			return m, nil
+			return m, gap, nil
 		}
 		select {
 		case <-w.c:
 			if m := w.sent(l.pos); m != nil {
-				return m, nil
+				return m, gap, nil
 			}
 		case <-expire:
-			return nil, nil
-		case <-ctx.Done():
-			return nil, nil
+			return nil, false, nil
+		case <-done:
+			return nil, false, nil
 		}
 	}
+}
+
+// delivered counts m as delivered and, with gap, the gap signalled before it.
+func (l *listener) delivered(gap bool) {
+	if gap {
+		l.hub.stats.gaps.Add(1)
+	}
+	l.hub.stats.deliveries.Add(1)
 }
 
 var errGone = errors.New("channel closed")

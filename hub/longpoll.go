@@ -13,7 +13,7 @@ func (l *listener) longPoll(ctx context.Context) error {
 	if t != nil {
 		defer t.Stop()
 	}
-	m, err := l.await(ctx, expire)
+	m, gap, err := l.await(ctx.Done(), expire)
 	switch {
 	case err == errGone:
 		l.deadline()
@@ -35,8 +35,15 @@ func (l *listener) longPoll(ctx context.Context) error {
 	h.Set("Content-Length", m.length)
 	h.Set("Last-Modified", m.modified)
 	h.Set("Etag", m.etag)
+	if gap {
+		h.Set("X-Gap", l.pos.String())
+	}
 	l.deadline()
 	l.w.WriteHeader(http.StatusOK)
-	_, err = l.w.Write(m.body)
-	return err
+	l.wrote = true
+	if _, err = l.w.Write(m.body); err != nil {
+		return err
+	}
+	l.delivered(gap)
+	return nil
 }

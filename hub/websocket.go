@@ -1,12 +1,15 @@
 package hub
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/http"
 	"strings"
 
 	"github.com/coder/websocket"
+
+	"github.com/sessionpush/sessionpush/relay"
 )
 
 const (
@@ -36,8 +39,12 @@ func (l *listener) webSocket(r *http.Request) error {
 		if hs.refused == http.StatusNotImplemented {
 			return fmt.Errorf("%w: %w", http.ErrNotSupported, err) // no Hijacker
 		}
+		if hs.refused != 0 {
+			l.hub.stats.refusedAdd(hs.refused)
+		}
 		return err
 	}
+	l.wrote = true
 	// CloseNow waits for the goroutine that CloseRead starts, so that
 	// Shutdown's wait for ServeSubscriber covers it. After Close it only
 	// waits.
@@ -55,12 +62,16 @@ func (l *listener) webSocket(r *http.Request) error {
 		defer t.Stop()
 	}
 	for {
-		m, err := l.await(ctx, beat)
+		m, gap, err := l.await(ctx.Done(), beat)
 		switch {
 		case err == errGone:
 			return conn.Close(websocket.StatusGoingAway, "410 Gone")
 		case m != nil:
-			err = l.writeFrame(ctx, conn, m, meta)
+			gap = gap && meta // a plain WebSocket has no way to tell
+			err = l.writeFrame(ctx, conn, m, meta, gap)
+			if err == nil {
+				l.delivered(gap)
+			}
 			l.pos = m.pos
 		case ctx.Err() != nil:
 			return nil // the client closed or went away
@@ -80,13 +91,16 @@ func (l *listener) webSocket(r *http.Request) error {
 // its Content-Type is application/octet-stream, else text; its body, or
 // with ws+meta.nchan its metaFrame. A write that times out closes the
 // connection.
-func (l *listener) writeFrame(ctx context.Context, conn *websocket.Conn, m *message, meta bool) error {
+func (l *listener) writeFrame(ctx context.Context, conn *websocket.Conn, m *message, meta, gap bool) error {
 	typ, b := websocket.MessageText, m.body
 	if m.contentType == binaryType {
 		typ = websocket.MessageBinary
 	}
 	if meta {
 		b = m.metaFrame()
+		if gap {
+			b = gapMetaFrame(b, l.pos)
+		}
 	}
 	ctx, cancel := l.bound(ctx)
 	defer cancel()
@@ -132,6 +146,16 @@ func (m *message) metaFrame() []byte {
 	f = append(append(f, "\n\n"...), m.body...)
 	m.meta.CompareAndSwap(nil, &f)
 	return *m.meta.Load()
+}
+
+// gapMetaFrame returns the ws+meta.nchan frame f with a "gap: <pos>" line
+// after its other header lines.
+func gapMetaFrame(f []byte, pos relay.MessageID) []byte {
+	i := bytes.Index(f, []byte("\n\n")) + 1 // the header lines end there
+	p := pos.String()
+	g := make([]byte, 0, len(f)+len("gap: \n")+len(p))
+	g = append(append(append(append(g, f[:i]...), "gap: "...), p...), '\n')
+	return append(g, f[i:]...)
 }
 
 // isWebSocket reports whether r asks to upgrade to WebSocket: Connection

@@ -1,0 +1,251 @@
+package hub
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"runtime"
+	"runtime/debug"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sessionpush/sessionpush/relay"
+)
+
+// TestIdleListeners measures what idle EventSource listeners cost the
+// server and what a delivery costs it, with the clients in a child process
+// (this test binary, running TestIdleClient) over real TCP. It runs only
+// with HUB_IDLE_BENCH=1; HUB_IDLE_N sets the number of listeners (10000),
+// HUB_IDLE_MODE=handler serves them on net/http's handler goroutines, as
+// before hijacking, HUB_IDLE_SHAPE=one puts them all on one channel (else
+// one channel each), HUB_IDLE_ROUNDS the rounds of publishing (5). It
+// reports figures, asserts nothing about them.
+func TestIdleListeners(t *testing.T) {
+	if os.Getenv("HUB_IDLE_BENCH") != "1" {
+		t.Skip("set HUB_IDLE_BENCH=1 to measure idle listeners")
+	}
+	n := envInt("HUB_IDLE_N", 10000)
+	rounds := envInt("HUB_IDLE_ROUNDS", 5)
+	one := os.Getenv("HUB_IDLE_SHAPE") == "one"
+	h := New(Options{MaxListeners: -1})
+	h.noHijack = os.Getenv("HUB_IDLE_MODE") == "handler"
+	// raw: no hub, the floor: one goroutine writes each frame to each
+	// hijacked connection in turn.
+	raw := os.Getenv("HUB_IDLE_MODE") == "raw"
+	var rawMu sync.Mutex
+	var rawConns []net.Conn
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if raw {
+			conn, _, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				panic(err)
+			}
+			conn.Write([]byte("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n: hi\n\n"))
+			rawMu.Lock()
+			rawConns = append(rawConns, conn)
+			rawMu.Unlock()
+			h.stats.listeners[transportEventSource].Add(1)
+			return
+		}
+		h.ServeSubscriber(w, r, strings.TrimPrefix(r.URL.Path, "/sub/"))
+	}))
+	defer srv.Close()
+	defer h.Shutdown(context.Background())
+	names := make([]string, n)
+	for i := range names {
+		names[i] = "c" + strconv.Itoa(i)
+		if one {
+			names[i] = "b"
+		}
+	}
+	for _, name := range names {
+		mustOpen(t, h, name)
+	}
+
+	rss0, heap0 := memNow()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestIdleClient$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "HUB_IDLE_CLIENT="+srv.Listener.Addr().String(),
+		"HUB_IDLE_CHANNELS="+strings.Join(uniq(names), ","), "HUB_IDLE_N="+strconv.Itoa(n))
+	cmd.Stderr = os.Stderr
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer stdin.Close()
+	lines := bufio.NewScanner(stdout)
+	expect := func(want string) {
+		t.Helper()
+		for lines.Scan() {
+			if lines.Text() == want {
+				return
+			}
+		}
+		t.Fatalf("client ended before %q: %v", want, lines.Err())
+	}
+	expect("ready")
+	eventually(t, "all listeners in", func() bool { return h.Stats().Listeners.EventSource == int64(n) })
+	rss1, heap1 := memNow()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	t.Logf("stacks in use %d B/listener (all goroutines)", ms.StackInuse/uint64(n))
+	mode := "hijack"
+	if h.noHijack {
+		mode = "handler"
+	}
+	if raw {
+		mode = "raw"
+	}
+	t.Logf("mode=%s shape one=%v n=%d: RSS %.0f B/listener, heap+stack %.0f B/listener, goroutines %d",
+		mode, one, n, float64(rss1-rss0)/float64(n), float64(heap1-heap0)/float64(n), runtime.NumGoroutine())
+
+	defer func() {
+		for _, c := range rawConns {
+			c.Close()
+		}
+	}()
+	if f := os.Getenv("HUB_IDLE_CPUPROFILE"); f != "" {
+		out, err := os.Create(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pprof.StartCPUProfile(out)
+		defer pprof.StopCPUProfile()
+	}
+	var cpu, rate []float64
+	for r := 1; r <= rounds; r++ {
+		u0, t0 := cpuNow(), time.Now()
+		if raw {
+			frame := []byte("id: 1:1\ndata: hello\n\n")
+			for _, c := range rawConns {
+				c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+				c.Write(frame)
+			}
+		} else if one {
+			mustPublish(t, h, "b", text("hello"))
+		} else {
+			for _, name := range names {
+				mustPublish(t, h, name, text("hello"))
+			}
+		}
+		expect("got " + strconv.Itoa(r))
+		el := time.Since(t0)
+		cpu = append(cpu, float64(cpuNow()-u0)/float64(n)/1e3)
+		rate = append(rate, float64(n)/el.Seconds())
+	}
+	slices.Sort(cpu)
+	slices.Sort(rate)
+	t.Logf("mode=%s one=%v: CPU µs/delivery median %.2f (%.2f–%.2f); deliveries/s median %.0f (%.0f–%.0f)",
+		mode, one, cpu[len(cpu)/2], cpu[0], cpu[len(cpu)-1], rate[len(rate)/2], rate[0], rate[len(rate)-1])
+	fmt.Printf("IDLE mode=%s one=%v n=%d rss_per=%.0f heap_per=%.0f cpu_us=%.2f rate=%.0f\n", mode, one, n,
+		float64(rss1-rss0)/float64(n), float64(heap1-heap0)/float64(n), cpu[len(cpu)/2], rate[len(rate)/2])
+}
+
+func uniq(s []string) []string { return slices.Compact(slices.Clone(s)) }
+
+func envInt(key string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(key)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// memNow returns the process RSS and the heap and stacks in use, in bytes,
+// after a collection.
+func memNow() (rss, heap int64) {
+	runtime.GC()
+	debug.FreeOSMemory()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	b, _ := os.ReadFile("/proc/self/status")
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			rss = kb << 10
+		}
+	}
+	return rss, int64(ms.HeapInuse + ms.StackInuse)
+}
+
+// cpuNow returns the process's user and system CPU time in nanoseconds.
+func cpuNow() int64 {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return ru.Utime.Nano() + ru.Stime.Nano()
+}
+
+// TestIdleClient is the client side of TestIdleListeners, run in a child
+// process: it opens HUB_IDLE_N EventSource streams over the channels in
+// HUB_IDLE_CHANNELS, round robin, prints "ready" once all have their ": hi",
+// then "got k" each time k*N events have arrived in all, until its stdin
+// ends.
+func TestIdleClient(t *testing.T) {
+	addr := os.Getenv("HUB_IDLE_CLIENT")
+	if addr == "" {
+		t.Skip("the child process of TestIdleListeners")
+	}
+	n := envInt("HUB_IDLE_N", 10000)
+	channels := strings.Split(os.Getenv("HUB_IDLE_CHANNELS"), ",")
+	var ready sync.WaitGroup
+	var events atomic.Int64
+	rounds := make(chan int64, 100)
+	var conns []net.Conn
+	for i := range n {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, conn)
+		fmt.Fprintf(conn, "GET /sub/%s HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n", channels[i%len(channels)])
+		ready.Add(1)
+		go func() {
+			r := bufio.NewReaderSize(conn, 256)
+			hi := false
+			for {
+				line, err := r.ReadSlice('\n')
+				if err != nil {
+					if !hi {
+						ready.Done()
+					}
+					return
+				}
+				switch {
+				case !hi && string(line) == ": hi\n":
+					hi = true
+					ready.Done()
+				case strings.HasPrefix(string(line), "id: "):
+					if e := events.Add(1); e%int64(n) == 0 {
+						rounds <- e / int64(n)
+					}
+				}
+			}
+		}()
+	}
+	ready.Wait()
+	fmt.Println("ready")
+	go func() {
+		for k := range rounds {
+			fmt.Println("got", k)
+		}
+	}()
+	io.Copy(io.Discard, os.Stdin)
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+var _ = relay.NoCursor
