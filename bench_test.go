@@ -1,6 +1,8 @@
 package sessionpush_test
 
 import (
+	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -14,10 +16,34 @@ import (
 
 // BenchmarkMiddleware compares the Middleware on a signed-in request whose
 // channel is bound against the floor: a bare CookieStore.Get of the same
-// session (gob-encoded, gorilla's default). Run:
+// session, gob-encoded (gorilla's default) and JSON-encoded (jsonSerializer;
+// the user ID is then a number, which comes back as float64). Run:
 // go test -run '^$' -bench Middleware -benchmem .
+// bench.TestSuite measures the same as ratios (figure 1).
 func BenchmarkMiddleware(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		json bool
+		user any
+	}{
+		{"gob", false, "alice"},
+		{"json", true, 42},
+	} {
+		b.Run(tc.name, func(b *testing.B) { benchmarkMiddleware(b, tc.json, tc.user) })
+	}
+}
+
+func benchmarkMiddleware(b *testing.B, useJSON bool, user any) {
 	store := sessions.NewCookieStore(securecookie.GenerateRandomKey(32))
+	want := user
+	if useJSON {
+		for _, c := range store.Codecs {
+			c.(*securecookie.SecureCookie).SetSerializer(jsonSerializer{})
+		}
+		if n, ok := user.(int); ok {
+			want = float64(n)
+		}
+	}
 	mgr, err := sessionpush.New(sessionpush.Config{Sessions: store, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
@@ -25,8 +51,10 @@ func BenchmarkMiddleware(b *testing.B) {
 	// A signed-in session with its channel bound, as a browser sends it.
 	login := mgr.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s, _ := store.Get(r, "session")
-		s.Values["user"] = "alice"
-		s.Save(r, w)
+		s.Values["user"] = user
+		if err := s.Save(r, w); err != nil {
+			b.Error(err)
+		}
 	}))
 	rec := httptest.NewRecorder()
 	login.ServeHTTP(rec, httptest.NewRequest("POST", "/login", nil))
@@ -39,8 +67,8 @@ func BenchmarkMiddleware(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			r := req.Clone(req.Context())
-			if s, err := store.Get(r, "session"); err != nil || s.Values["user"] != "alice" {
-				b.Fatal(err)
+			if s, err := store.Get(r, "session"); err != nil || s.Values["user"] != want {
+				b.Fatal(err, s.Values["user"])
 			}
 		}
 	})
@@ -55,6 +83,45 @@ func BenchmarkMiddleware(b *testing.B) {
 			h.ServeHTTP(w, req.Clone(req.Context()))
 		}
 	})
+}
+
+// jsonSerializer is a securecookie.Serializer for session values in JSON,
+// which gorilla's JSONEncoder cannot encode (map[interface{}]interface{}):
+// keys must be strings; numbers come back as float64.
+type jsonSerializer struct{}
+
+func (jsonSerializer) Serialize(src any) ([]byte, error) {
+	v, ok := src.(map[any]any)
+	if !ok {
+		return json.Marshal(src)
+	}
+	m := make(map[string]any, len(v))
+	for k, x := range v {
+		ks, ok := k.(string)
+		if !ok {
+			return nil, fmt.Errorf("json session: key %v (%T) is not a string", k, k)
+		}
+		m[ks] = x
+	}
+	return json.Marshal(m)
+}
+
+func (jsonSerializer) Deserialize(src []byte, dst any) error {
+	d, ok := dst.(*map[any]any)
+	if !ok {
+		return json.Unmarshal(src, dst)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(src, &m); err != nil {
+		return err
+	}
+	if *d == nil {
+		*d = make(map[any]any, len(m))
+	}
+	for k, x := range m {
+		(*d)[k] = x
+	}
+	return nil
 }
 
 type discardWriter struct{}

@@ -1,39 +1,86 @@
-// Package bench holds benchmarks that need real servers and many
-// connections; it has test files only.
+// Package bench is sessionpush's benchmark suite: real servers, real TCP
+// connections, and every figure a ratio against a baseline measured in the
+// same run. It has test files only.
 //
-// TestBroadcastScale answers "broadcast to N open channels, each with one
-// EventSource listener, on both relays: per-channel fan-out versus one
-// publish to the broadcast channel (Config.BroadcastChannel)". For each relay
-// (the embedded hub, served by an httptest server, and nginx+Nchan started
-// by internal/servers) and each mode it opens N listeners over real TCP on
-// 127.0.0.1, calls Manager.Broadcast once as a warm-up and then
-// SESSIONPUSH_BENCH_ROUNDS times, and reports per mode: relay Publish calls
-// and, for Nchan, HTTP requests made during the Broadcast call; how long the
-// call took; and the time from the call to the last listener's delivery.
-// Medians are given with min–max, and the broadcast/fan-out ratio of the
-// medians for the same relay in the same run.
+// # Running it
 //
-// By default (N = 200) it is a smoke test of a few seconds that asserts only
-// correctness: every listener gets every message exactly once, and nothing
-// else. The full run:
+// The full suite, about two minutes on a 2-core machine (bounded to well
+// under ten), printing one markdown table:
 //
-//	SESSIONPUSH_BENCH_LISTENERS=10000 go test -run TestBroadcastScale -v -timeout 30m ./bench/
+//	SESSIONPUSH_BENCH=full go test ./bench -run TestSuite -v -timeout 15m
+//
+// Without SESSIONPUSH_BENCH the same test is a smoke test of a few seconds
+// (N = 100 listeners, one run, 100 ms of load per generator) that asserts
+// correctness only, never timing, and runs in CI under go test -race ./....
 //
 // Environment:
 //
-//	SESSIONPUSH_BENCH_LISTENERS    N, listeners per mode (default 200)
-//	SESSIONPUSH_BENCH_ROUNDS       measured Broadcast calls per mode (default 3)
-//	SESSIONPUSH_BENCH_RELAYS       "embedded", "nchan" or both (default "embedded,nchan")
-//	SESSIONPUSH_BENCH_CONCURRENCY  Config.Concurrency (default 0: sessionpush.DefaultConcurrency)
-//	SESSIONPUSH_REQUIRE_SERVERS=1  fail instead of skipping when nginx or Nchan is missing
+//	SESSIONPUSH_BENCH=full           the full run (N = 10,000, 5 runs)
+//	SESSIONPUSH_BENCH_LISTENERS      N, listeners of figures 3 to 5
+//	SESSIONPUSH_BENCH_RUNS           measured runs per figure (Middleware: 4×runs+1)
+//	SESSIONPUSH_BENCH_OUT=<file>     also write the table to <file>
+//	SESSIONPUSH_REQUIRE_SERVERS=1    fail instead of skipping when nginx or Nchan is missing
 //
-// The listeners live in a child process (this test binary again, as
-// TestListenerFarm), so that the client side has descriptors of its own:
-// RLIMIT_NOFILE is 20000 here and its hard limit cannot be raised without
-// CAP_SYS_RESOURCE, while the embedded relay's N server ends and N client
-// ends would need 2N in one process. Each listener is a raw TCP connection
-// with an HTTP/1.1 EventSource request (Last-Event-ID: the cursor that Open
-// returned) read by one goroutine with relaytest.ReadEvent; the farm reports
-// the wall-clock time of each message's N-th delivery. nginx gets
-// worker_rlimit_nofile and worker_connections for 2N.
+// # The figures
+//
+// Each row gives the subject and the baseline as median [min–max] over the
+// runs, and the median [min–max] of the per-run ratios subject/baseline
+// (the two are measured in turns within each run, alternating which goes
+// first). Targets are judged on medians in the full run only.
+//
+//  1. Middleware: Manager.Middleware on a signed-in request whose channel is
+//     bound, against a bare CookieStore.Get of the same session; gob- and
+//     JSON-encoded sessions (jsonSerializer set on the store's
+//     securecookie codecs). ns/op, allocs/op and B/op from testing.Benchmark
+//     (200 ms each, 4×runs+1 runs). The smoke test checks that both find the
+//     user and the channel and that the Middleware makes no relay call.
+//  2. Publish: nchan.Client.Publish (its default transport) against a lean
+//     load generator posting the same ~100-byte JSON body to the same Nchan
+//     channel at 1, 16 and 64 concurrent, for one second each per run. The
+//     generator works as wrk does: one thread, an epoll loop over
+//     keep-alive raw TCP connections, prebuilt request bytes, answers parsed
+//     only for the status line and Content-Length. If wrk is on PATH, wrk
+//     -t1 -cN with a Lua POST script runs too, to compare the generator
+//     with it.
+//  3. Fan-out: one message to each of N open channels, each with one
+//     EventSource listener, and one message to one channel of N listeners;
+//     the embedded relay (a hub.Hub served over TCP by this process,
+//     published to with hub.Publish) against Nchan (nginx, published to with
+//     nchan.Client, ExistsTTL one hour so that each message is one POST);
+//     8 publishing goroutines for both. Deliveries per second and the time
+//     from the first publish to the last delivery; p50 and p99 latency from
+//     the send time in each message's body to its receipt; server CPU per
+//     delivery: this process's getrusage for the embedded relay (publishing
+//     included), the nginx worker's run time from /proc/<pid>/schedstat for
+//     Nchan (its HTTP publishing included). A burst's latency is mostly its
+//     own queue, so the N-channel case is run again paced at 5,000 messages
+//     a second, below both relays' capacity.
+//  4. Idle listeners: memory per idle EventSource listener at N, from the
+//     N-channel setup of figure 3: this process's VmRSS growth (after
+//     runtime.GC and debug.FreeOSMemory) while the listeners connect, with
+//     Go's HeapInuse and StackInuse growth; the nginx worker's VmRSS growth.
+//  5. Broadcast to N listeners: Manager.Broadcast as a per-channel fan-out
+//     (N channels in the store) against Config.BroadcastChannel (N
+//     listeners on it): requests to the relay (relay calls for the embedded
+//     relay, HTTP requests for Nchan) and the time from the call to the last
+//     delivery, on both relays.
+//
+// # Bounds
+//
+// Everything is on 127.0.0.1. Figures 3 to 5 hold N listeners on each relay
+// at once (both relays are up together, and their rounds alternate), each
+// round after a warm-up round, and wait at most two minutes for a round's
+// deliveries; the load generators of figure 2 run for a fixed time and
+// their connections are closed after it. nginx gets worker_rlimit_nofile
+// and worker_connections for 2N and 256 MiB of Nchan shared memory.
+//
+// The listeners live in child processes, farms of internal/farm (this test
+// binary again; TestMain calls farm.Main), one per relay, so that they have
+// descriptors of their own: RLIMIT_NOFILE is 20000 here and its hard limit
+// cannot be raised without CAP_SYS_RESOURCE, while the embedded relay's N
+// server ends and N client ends would need 2N in one process. Each listener
+// is a raw TCP connection with an HTTP/1.1 EventSource request
+// (Last-Event-ID: the cursor that Open returned); the farm checks at the end
+// of each setup that every listener got every message exactly once and
+// nothing else.
 package bench

@@ -1,0 +1,15 @@
+package bench
+
+import (
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/sessionpush/sessionpush/internal/farm"
+)
+
+// TestMain lets this test binary serve as the listener farm (internal/farm).
+func TestMain(m *testing.M) {
+	farm.Main()
+	goleak.VerifyTestMain(m)
+}
