@@ -38,8 +38,13 @@ type lossResult struct {
 }
 
 // kick tells the listener to drop its connection; with lag, to stay away
-// until the buffer has moved past its position.
-type kick struct{ lag bool }
+// until the buffer has moved past its position. The listener closes ack
+// once the connection is down, so that its position is at most the message
+// just published.
+type kick struct {
+	lag bool
+	ack chan struct{}
+}
 
 // kickPoints returns the sorted message numbers after whose publication the
 // listener is kicked: one at a random point in each of n equal slices of
@@ -105,8 +110,14 @@ func runLoss(t *testing.T, tg *target, tr transport, c lossCase) lossResult {
 				mu.Unlock()
 				published.set(seq)
 				for next < len(points) && points[next] == seq {
+					k := kick{lag: lags[seq], ack: make(chan struct{})}
 					select {
-					case kicks <- kick{lag: lags[seq]}:
+					case kicks <- k:
+					case <-ctx.Done():
+						return fmt.Errorf("publisher: kick %d: %w", next, ctx.Err())
+					}
+					select {
+					case <-k.ack:
 					case <-ctx.Done():
 						return fmt.Errorf("publisher: kick %d: %w", next, ctx.Err())
 					}
@@ -179,12 +190,15 @@ func runLoss(t *testing.T, tg *target, tr transport, c lossCase) lossResult {
 		<-watched
 		select {
 		case k := <-kicked:
+			close(k.ack)
 			res.reconnects++
 			// A listener that has no message yet resumes from the
 			// channel's start, where there is no gap to signal: it
 			// lags only once it has a position.
 			if k.lag && res.lastSeq > 0 && res.lastSeq < c.messages {
-				if target := res.lastSeq + c.buffer + 5; target <= c.messages {
+				// It stays away until 1 to 9 messages beyond a
+				// buffer's worth were published: they are gone.
+				if target := res.lastSeq + c.buffer + 1 + rng.IntN(9); target <= c.messages {
 					res.lagged++
 					lagTarget = target
 					allowed.set(target)
@@ -291,11 +305,17 @@ func TestLossHub(t *testing.T) {
 // message after it: a message is never skipped silently.
 func TestLossHubSmallBuffer(t *testing.T) {
 	c := smallBufferCase(t)
-	tg, _ := hubTarget(t, hub.Options{BufferLength: c.buffer, MessageTTL: -1})
+	tg, h := hubTarget(t, hub.Options{BufferLength: c.buffer, MessageTTL: -1})
 	for _, tr := range transports {
 		t.Run(tr.name, func(t *testing.T) {
+			before := h.Stats().Gaps
 			r := runLoss(t, tg, tr, c)
 			r.log(t, "hub", tr.name, c)
+			// A signal written on a connection that the listener
+			// dropped before reading it is counted and sent again.
+			if sent := h.Stats().Gaps - before; sent < uint64(r.gaps) {
+				t.Errorf("the hub counts %d gap signals sent, the listener got %d", sent, r.gaps)
+			}
 			if r.skips != 0 {
 				t.Errorf("%d silent skips over %d messages; want a gap signal before each", r.skips, r.skipMissed)
 			}
