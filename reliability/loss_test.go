@@ -178,8 +178,8 @@ func runLoss(t *testing.T, tg *target, tr transport, c lossCase) lossResult {
 		s, err := tr.dial(connCtx, hc, tg.subURL(ch), pos)
 		if err == nil {
 			for res.lastSeq < c.messages {
-				ev, err := s.next()
-				if err != nil {
+				var ev event
+				if ev, err = s.next(); err != nil {
 					break
 				}
 				record(ev)
@@ -279,8 +279,8 @@ func checkAll(t *testing.T, r lossResult, c lossCase) {
 		t.Errorf("received %d of %d messages (last %d), %d gap signals, %d skips; want all, none skipped",
 			r.received, c.messages, r.lastSeq, r.gaps, r.skips)
 	}
-	if r.reconnects != c.reconnects {
-		t.Errorf("reconnected %d times, want %d", r.reconnects, c.reconnects)
+	if r.reconnects != c.reconnects || r.dropped != 0 {
+		t.Errorf("reconnected %d times, want %d; %d connections ended unasked, want none", r.reconnects, c.reconnects, r.dropped)
 	}
 }
 
@@ -326,8 +326,8 @@ func TestLossHubSmallBuffer(t *testing.T) {
 			if r.gaps != r.lagged || r.lagged == 0 {
 				t.Errorf("%d gap signals for %d reconnections after the buffer moved on; want one each", r.gaps, r.lagged)
 			}
-			if r.reconnects != c.reconnects {
-				t.Errorf("reconnected %d times, want %d", r.reconnects, c.reconnects)
+			if r.reconnects != c.reconnects || r.dropped != 0 {
+				t.Errorf("reconnected %d times, want %d; %d connections ended unasked, want none", r.reconnects, c.reconnects, r.dropped)
 			}
 		})
 	}
