@@ -13,6 +13,8 @@
 //     buffer, a listener that fell behind gets the hub's gap signal before
 //     the first message after the gap, never a silent skip; on Nchan, which
 //     gives no signal, the silently skipped messages are counted and logged.
+//     A hub listener back after its messages expired (Options.MessageTTL)
+//     gets the gap signal too.
 //   - Fault: Hub.Shutdown with a thousand listeners of all transports ends
 //     each one as a closed channel does, returns within its deadline and
 //     leaves no goroutine behind.
