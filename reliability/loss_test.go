@@ -23,18 +23,17 @@ type lossCase struct {
 
 // lossResult is what the listener saw.
 type lossResult struct {
-	received    int      // messages received
-	reconnects  int      // forced disconnections, each followed by a resume
-	dropped     int      // disconnections that were not forced
-	lagged      int      // reconnections after the buffer moved past the listener
-	gaps        int      // gap signals
-	gapMissed   int      // messages missed after a gap signal
-	skips       int      // jumps over messages without a gap signal
-	skipMissed  int      // messages missed in them
-	problems    []string // duplicates, disorder, wrong gap positions, wrong IDs
-	lastSeq     int
-	seenIDs     map[int]string
-	publishedID map[int]string
+	received   int            // messages received
+	reconnects int            // forced disconnections, each followed by a resume
+	dropped    int            // disconnections that were not forced
+	lagged     int            // reconnections after the buffer moved past the listener
+	gaps       int            // gap signals
+	gapMissed  int            // messages missed after a gap signal
+	skips      int            // jumps over messages without a gap signal
+	skipMissed int            // messages missed in them
+	problems   []string       // duplicates, disorder, wrong gap positions, wrong IDs
+	lastSeq    int            // the last message's number
+	seenIDs    map[int]string // the ID each message came with
 }
 
 // kick tells the listener to drop its connection; with lag, to stay away
@@ -221,8 +220,7 @@ func runLoss(t *testing.T, tg *target, tr transport, c lossCase) lossResult {
 		t.Fatal(err)
 	}
 	mu.Lock()
-	res.publishedID = ids
-	mu.Unlock()
+	defer mu.Unlock()
 	for seq, id := range res.seenIDs {
 		if want := ids[seq]; want != "" && id != want {
 			res.problems = append(res.problems, fmt.Sprintf("message %d came with id %q, published as %q", seq, id, want))
