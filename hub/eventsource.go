@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net"
 	"net/http"
 	"time"
 
@@ -102,8 +101,8 @@ func (l *listener) send(b []byte) error {
 	return l.rc.Flush()
 }
 
-// hijack takes the listener's connection over and hands the stream to a
-// goroutine of its own (see stream), answering 200 itself. It reports
+// hijack takes the listener's connection over and serves the stream as an
+// hstream, answering 200 itself. It reports
 // false, nil when the ResponseWriter cannot hijack: the caller then serves
 // the stream on it.
 func (l *listener) hijack() (bool, error) {
@@ -132,49 +131,8 @@ func (l *listener) hijack() (bool, error) {
 	_ = brw
 	l.w, l.rc = nil, nil // let net/http's response and buffers go
 	l.wrote = true
-	// The goroutine owns the listener's place in its channel and in
+	// The stream owns the listener's place in its channel and in
 	// Hub.serving from now on.
-	go l.stream(conn, head.Bytes())
+	startStream(l, conn, head.Bytes())
 	return true, nil
-}
-
-// stream serves a hijacked EventSource stream on conn, whose first write is
-// head (the status line and headers) with the ": hi" comment. A goroutine
-// blocked in a small Read notices at once a client that closes or resets
-// the connection, and ends the stream. stream closes conn, waits for that
-// goroutine, and releases the listener's place.
-func (l *listener) stream(conn net.Conn, head []byte) {
-	h := l.hub
-	peerGone := make(chan struct{})
-	go func() {
-		var b [16]byte
-		for {
-			if _, err := conn.Read(b[:]); err != nil {
-				close(peerGone)
-				return
-			}
-		}
-	}()
-	send := func(b []byte) error {
-		if head != nil {
-			b, head = append(head, b...), nil
-		}
-		var t time.Time
-		if d := h.opts.WriteTimeout; d > 0 {
-			t = time.Now().Add(d)
-		}
-		if err := conn.SetWriteDeadline(t); err != nil {
-			return err
-		}
-		_, err := conn.Write(b)
-		return err
-	}
-	err := l.events(peerGone, send)
-	conn.Close()
-	<-peerGone
-	h.leave(l.ch, l.transport)
-	if err != nil {
-		h.dropped(context.Background(), l, err)
-	}
-	h.serving.Done()
 }

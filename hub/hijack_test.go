@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -211,4 +212,63 @@ func TestEventSourceNotHijacked(t *testing.T) {
 		defer tr.CloseIdleConnections()
 		check(t, h, &http.Client{Transport: tr}, srv.URL, returned, 1)
 	})
+}
+
+// TestConnWriter writes through a connection without a socket (as TLS
+// connections are): every write waits within the timeout.
+func TestConnWriter(t *testing.T) {
+	server, client := net.Pipe()
+	defer server.Close()
+	defer client.Close()
+	w := newConnWriter(server, 50*time.Millisecond)
+	if w.fast != nil {
+		t.Fatal("a pipe has no socket to write to at once")
+	}
+	got := make(chan []byte)
+	go func() {
+		b := make([]byte, 5)
+		io.ReadFull(client, b)
+		got <- b
+	}()
+	if err := w.write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if b := <-got; string(b) != "hello" {
+		t.Errorf("read %q", b)
+	}
+	if err := w.write([]byte("nobody reads")); !isTimeout(err) {
+		t.Errorf("write nobody reads: %v, want a timeout", err)
+	}
+}
+
+// TestConnWriterPastDeadline writes on a TCP connection whose write
+// deadline, set by an earlier write that had to wait, has passed.
+func TestConnWriterPastDeadline(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	w := newConnWriter(server, time.Second)
+	if runtime.GOOS == "linux" && w.fast == nil {
+		t.Fatal("a TCP connection writes at once")
+	}
+	server.SetWriteDeadline(time.Now().Add(-time.Second))
+	if err := w.write([]byte("late")); err != nil {
+		t.Fatalf("write after the deadline passed: %v", err)
+	}
+	b := make([]byte, 4)
+	if _, err := io.ReadFull(client, b); err != nil || string(b) != "late" {
+		t.Errorf("read %q (%v)", b, err)
+	}
 }

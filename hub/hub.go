@@ -210,6 +210,11 @@ func (h *Hub) Publish(ctx context.Context, channel string, m relay.Message) (rel
 	c.wake = newWake()
 	w.msg = msg
 	close(w.c)
+	if len(c.parked) > 0 {
+		parked := c.parked
+		c.parked = nil
+		go dispatch(parked, msg)
+	}
 	h.stats.published.Add(1)
 	return relay.Receipt{ID: msg.id, Subscribers: c.listeners, Queued: len(c.msgs)}, nil
 }
@@ -345,9 +350,9 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 // and no chunked encoding: it carries "Connection: close" and ends when the
 // connection closes. This keeps an idle listener at about 9 KiB of
 // process memory, against about 27 KiB for a net/http handler goroutine
-// with its buffers. Over
-// HTTP/2, or when w cannot hijack, the stream is served on the handler
-// goroutine and ServeSubscriber returns when it ends. Either way
+// with its buffers. Over HTTP/2, or when w cannot hijack, the stream is
+// served on the handler goroutine and ServeSubscriber returns when it
+// ends. Either way
 // [Hub.Shutdown] ends the stream and waits for it; http.Server.Shutdown
 // does not wait for a hijacked one (the connection is no longer the
 // server's), nor does the request's context follow it.
@@ -535,9 +540,10 @@ type chanState struct {
 	wake         *wake
 	closed       bool
 	listeners    int
-	maxListeners int       // the cap of listeners; negative: none
-	requested    time.Time // when a listener last connected; zero: never
-	modSec       int64     // the second of modStr, reused within a second
+	parked       map[*hstream]struct{} // idle hijacked streams, caught up
+	maxListeners int                   // the cap of listeners; negative: none
+	requested    time.Time             // when a listener last connected; zero: never
+	modSec       int64                 // the second of modStr, reused within a second
 	modStr       string
 }
 
@@ -613,6 +619,17 @@ func (c *chanState) next(pos relay.MessageID) (m *message, w *wake, gap, closed 
 	if c.closed {
 		return nil, nil, false, true
 	}
+	m, gap = c.after(pos)
+	if m != nil {
+		return m, nil, gap, false
+	}
+	return nil, c.wake, gap, false
+}
+
+// after returns the oldest unexpired message after pos, or nil, and whether
+// messages after a non-zero pos were dropped before it (see next). The
+// caller holds c.mu.
+func (c *chanState) after(pos relay.MessageID) (m *message, gap bool) {
 	gap = pos != (relay.MessageID{}) && c.dropped.Compare(pos) > 0
 	i, found := slices.BinarySearchFunc(c.msgs, pos, func(m *message, id relay.MessageID) int {
 		return m.pos.Compare(id)
@@ -622,11 +639,11 @@ func (c *chanState) next(pos relay.MessageID) (m *message, w *wake, gap, closed 
 	}
 	for now := time.Now(); i < len(c.msgs); i++ {
 		if c.msgs[i].live(now) {
-			return c.msgs[i], nil, gap, false
+			return c.msgs[i], gap
 		}
 		gap = pos != (relay.MessageID{}) // an expired one, not yet pruned
 	}
-	return nil, c.wake, gap, false
+	return nil, gap
 }
 
 // sent returns the message that fired w if it follows pos and is live: the
@@ -652,6 +669,10 @@ func (c *chanState) close() {
 	c.closed = true
 	c.msgs = nil
 	close(c.wake.c)
+	for s := range c.parked {
+		go s.run(nil) // finds the channel closed, and ends the stream
+	}
+	c.parked = nil
 }
 
 // message is one published message with everything its listeners need,

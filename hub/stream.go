@@ -1,0 +1,259 @@
+package hub
+
+import (
+	"context"
+	"net"
+	"sync/atomic"
+	"time"
+)
+
+// hstream is a hijacked EventSource stream. While it is caught up it has no
+// goroutine writing for it: it is parked on its channel (chanState.parked),
+// and Publish hands the channel's parked streams to a dispatching goroutine
+// that writes the message to each socket without waiting. A stream whose
+// socket does not take the message at once, or that has more to catch up
+// on, gets a goroutine of its own (run) until it is caught up and parked
+// again; that goroutine's writes wait within Options.WriteTimeout. A
+// goroutine blocked in a small Read notices a client that goes away.
+//
+// One party at a time has the stream's turn to write: the channel while it
+// is parked, then a dispatcher, a run goroutine, the heartbeat or the
+// reader that took it from there. The one that has the turn when the
+// stream ends finishes it, once.
+type hstream struct {
+	l          *listener // its pos is the turn's
+	conn       net.Conn
+	cw         *connWriter
+	head       []byte // the status line and headers, sent with the first bytes
+	gap        bool   // parked after a gap: the next message says so
+	readerDone chan struct{}
+	ended      atomic.Bool  // the client went away: park no more
+	finished   atomic.Bool  // finish ran
+	wrote      atomic.Int64 // when the last write ended, in Unix nanoseconds
+	beat       *time.Timer  // the heartbeat; nil when there is none
+	err        error        // the write error that ended the stream
+}
+
+// startStream serves l's stream on conn, the first write being head and
+// the ": hi" comment.
+func startStream(l *listener, conn net.Conn, head []byte) {
+	s := &hstream{l: l, conn: conn, head: head, readerDone: make(chan struct{}),
+		cw: newConnWriter(conn, l.hub.opts.WriteTimeout)}
+	s.wrote.Store(time.Now().UnixNano())
+	if d := l.hub.opts.Heartbeat; d > 0 {
+		s.beat = time.AfterFunc(d, s.heartbeat)
+	}
+	go s.read()
+	go s.run(hello)
+}
+
+// read waits for the client to close the connection (or to fail it); what
+// the client sends meanwhile is dropped. Then, if the stream is parked, it
+// takes the turn and finishes the stream; else the one that has the turn
+// will.
+func (s *hstream) read() {
+	var b [16]byte
+	for {
+		if _, err := s.conn.Read(b[:]); err != nil {
+			break
+		}
+	}
+	s.ended.Store(true)
+	close(s.readerDone)
+	if s.unpark() {
+		s.finish()
+	}
+}
+
+// unpark takes the turn from the channel if the stream is parked there.
+func (s *hstream) unpark() bool {
+	c := s.l.ch
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.parked[s]; !ok {
+		return false
+	}
+	delete(c.parked, s)
+	return true
+}
+
+// dispatch writes m to the streams that were parked when it was published,
+// each of which follows its position at once (see hstream.deliver). Large
+// sets are shared among several goroutines.
+func dispatch(parked map[*hstream]struct{}, m *message) {
+	const chunk = 1024
+	if len(parked) <= chunk {
+		for s := range parked {
+			s.deliver(m)
+		}
+		return
+	}
+	batch := make([]*hstream, 0, chunk)
+	for s := range parked {
+		if batch = append(batch, s); len(batch) == chunk {
+			go deliverAll(batch, m)
+			batch = make([]*hstream, 0, chunk)
+		}
+	}
+	deliverAll(batch, m)
+}
+
+func deliverAll(batch []*hstream, m *message) {
+	for _, s := range batch {
+		s.deliver(m)
+	}
+}
+
+// deliver writes m, the message after s's position, as far as the socket
+// takes it at once, then parks s again if it is caught up; otherwise a run
+// goroutine takes over. The caller has the turn.
+func (s *hstream) deliver(m *message) {
+	if s.ended.Load() {
+		s.finish()
+		return
+	}
+	b, gap := m.frame, s.gap
+	if gap {
+		b = append(gapEventFrame(s.l.pos), m.frame...)
+	}
+	s.gap = false
+	if s.head != nil {
+		b, s.head = append(s.head, b...), nil
+	}
+	s.l.pos = m.pos
+	rest, err := s.cw.tryAll(b)
+	switch {
+	case err != nil:
+		s.err = err
+		s.finish()
+	case rest != nil:
+		go s.runRest(rest, gap)
+	default:
+		s.sent(gap)
+		if _, _, park := s.nextOrPark(); !park {
+			go s.run(nil) // more to send, the channel closed, or the client left
+		}
+	}
+}
+
+// sent records a delivery written in full.
+func (s *hstream) sent(gap bool) {
+	s.wrote.Store(time.Now().UnixNano())
+	s.l.delivered(gap)
+}
+
+// runRest finishes writing a delivery the socket did not take at once,
+// then goes on as run.
+func (s *hstream) runRest(rest []byte, gap bool) {
+	if err := s.cw.write(rest); err != nil {
+		s.err = err
+		s.finish()
+		return
+	}
+	s.sent(gap)
+	s.run(nil)
+}
+
+// run writes pending, if any, then every message after the stream's
+// position, each write waiting within Options.WriteTimeout, until the
+// stream is caught up and parked, or ends. It has the turn.
+func (s *hstream) run(pending []byte) {
+	if pending != nil && !s.write(pending) {
+		s.finish()
+		return
+	}
+	for {
+		m, gap, park := s.nextOrPark()
+		switch {
+		case park:
+			return
+		case s.ended.Load():
+			s.finish()
+			return
+		case m == nil: // the channel closed
+			s.write(gone)
+			s.finish()
+			return
+		}
+		b := m.frame
+		if gap {
+			b = append(gapEventFrame(s.l.pos), m.frame...)
+		}
+		s.l.pos = m.pos
+		if !s.write(b) {
+			s.finish()
+			return
+		}
+		s.l.delivered(gap)
+	}
+}
+
+// nextOrPark returns the next message after the stream's position, and
+// whether messages were dropped before it; or parks the stream (park) when
+// there is none, keeping the gap for the next message. It returns nil, not
+// parking, when the channel is closed or the client has gone.
+func (s *hstream) nextOrPark() (m *message, gap, park bool) {
+	c := s.l.ch
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || s.ended.Load() {
+		return nil, false, false
+	}
+	if m, gap = c.after(s.l.pos); m != nil {
+		return m, gap, false
+	}
+	if c.parked == nil {
+		c.parked = make(map[*hstream]struct{})
+	}
+	c.parked[s] = struct{}{}
+	s.gap = gap
+	return nil, false, true
+}
+
+// write writes b (after the headers, the first time), waiting within
+// Options.WriteTimeout, and reports whether it did.
+func (s *hstream) write(b []byte) bool {
+	if s.head != nil {
+		b, s.head = append(s.head, b...), nil
+	}
+	if err := s.cw.write(b); err != nil {
+		s.err = err
+		return false
+	}
+	s.wrote.Store(time.Now().UnixNano())
+	return true
+}
+
+// heartbeat sends a comment after Options.Heartbeat of silence, if the
+// stream is parked (else it is writing anyway), and sets itself again.
+func (s *hstream) heartbeat() {
+	if s.finished.Load() {
+		return
+	}
+	d := s.l.hub.opts.Heartbeat
+	if silence := time.Since(time.Unix(0, s.wrote.Load())); silence < d {
+		s.beat.Reset(d - silence)
+		return
+	}
+	s.beat.Reset(d)
+	if s.unpark() {
+		s.run(heartbeat)
+	}
+}
+
+// finish closes the connection, waits for the reader, and releases the
+// listener's place. The caller has the turn, so it runs once.
+func (s *hstream) finish() {
+	s.finished.Store(true)
+	if s.beat != nil {
+		s.beat.Stop()
+	}
+	s.conn.Close()
+	<-s.readerDone
+	l, h := s.l, s.l.hub
+	if s.err != nil {
+		h.dropped(context.Background(), l, s.err) // counted before the listener leaves
+	}
+	h.leave(l.ch, l.transport)
+	h.serving.Done()
+}
