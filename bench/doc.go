@@ -4,7 +4,7 @@
 //
 // # Running it
 //
-// The full suite, about two minutes on a 2-core machine (bounded to well
+// The full suite, two to three minutes on a 2-core machine (bounded to well
 // under ten), printing one markdown table:
 //
 //	SESSIONPUSH_BENCH=full go test ./bench -run TestSuite -v -timeout 15m
@@ -12,6 +12,10 @@
 // Without SESSIONPUSH_BENCH the same test is a smoke test of a few seconds
 // (N = 100 listeners, one run, 100 ms of load per generator) that asserts
 // correctness only, never timing, and runs in CI under go test -race ./....
+//
+// Parts of it run alone by subtest: -run 'TestSuite/middleware' (figure 1),
+// 'TestSuite/publish' (2), 'TestSuite/fanout' (3 to 5),
+// 'TestSuite/fanout/channels' (3, 4 and the fan-out half of 5).
 //
 // Environment:
 //
@@ -32,14 +36,18 @@
 //     bound, against a bare CookieStore.Get of the same session; gob- and
 //     JSON-encoded sessions (jsonSerializer set on the store's
 //     securecookie codecs). ns/op, allocs/op and B/op from testing.Benchmark
-//     (200 ms each, 4×runs+1 runs). The smoke test checks that both find the
-//     user and the channel and that the Middleware makes no relay call.
+//     (200 ms each, 4×runs+1 runs, in turns); and, as load-robust ns/op,
+//     the medians over alternating blocks of 32 requests of each (400 ms
+//     per run), where a block that the scheduler stalls does not count. The
+//     smoke test checks that both find the user and the channel and that
+//     the Middleware makes no relay call.
 //  2. Publish: nchan.Client.Publish (its default transport) against a lean
 //     load generator posting the same ~100-byte JSON body to the same Nchan
-//     channel at 1, 16 and 64 concurrent, for one second each per run. The
-//     generator works as wrk does: one thread, an epoll loop over
-//     keep-alive raw TCP connections, prebuilt request bytes, answers parsed
-//     only for the status line and Content-Length. If wrk is on PATH, wrk
+//     channel at 1, 16 and 64 concurrent, one second each per run in four
+//     slices of 250 ms taken in turns. The generator works as wrk does: one
+//     thread, an epoll loop over keep-alive raw TCP connections, prebuilt
+//     request bytes, answers parsed only for the status line and
+//     Content-Length. If wrk is on PATH, wrk
 //     -t1 -cN with a Lua POST script runs too, to compare the generator
 //     with it.
 //  3. Fan-out: one message to each of N open channels, each with one

@@ -411,6 +411,10 @@ func fanoutFigures(t *testing.T, cfg suiteConfig, out *rows) {
 		em.f = farm.Start(t, farm.Options{Listeners: listeners(em.addr, emCursor)})
 		nc.f = farm.Start(t, farm.Options{Listeners: listeners(nc.addr, ncCursor)})
 		nc.keys = nil
+		// Broadcast's count is the subscribers that the relay reports:
+		// wait until both report all N.
+		waitSubscribers(t, em.rel, broadcastID, n)
+		waitSubscribers(t, nc.rel, broadcastID, n)
 
 		// Figure 3, variant: one message to one channel of N listeners.
 		var e, g []burst
@@ -503,4 +507,21 @@ func closeAll(t *testing.T, rel relay.Relay, ids []string) {
 		})
 	}
 	wg.Wait()
+}
+
+// waitSubscribers polls rel until channel reports n listeners, for at most
+// a minute.
+func waitSubscribers(t *testing.T, rel relay.Relay, channel string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		info, err := rel.Info(context.Background(), channel)
+		if err == nil && info.Subscribers == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("channel %s: %d listeners (err %v), want %d", channel, info.Subscribers, err, n)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the relay's count
+	}
 }

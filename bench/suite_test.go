@@ -119,7 +119,7 @@ func (x row) ratios() []float64 {
 }
 
 // suiteTable renders the rows as a markdown table.
-func suiteTable(cfg suiteConfig, rs []row, wall time.Duration) string {
+func suiteTable(cfg suiteConfig, rs []row, wall time.Duration, loadBefore string) string {
 	var b strings.Builder
 	mode := "full"
 	if !cfg.full {
@@ -127,6 +127,7 @@ func suiteTable(cfg suiteConfig, rs []row, wall time.Duration) string {
 	}
 	fmt.Fprintf(&b, "sessionpush bench suite, %s: N = %d listeners, %d run(s) per figure, %d CPUs, %s, %s, commit %s, wall %v\n\n",
 		mode, cfg.listeners, cfg.runs, runtime.NumCPU(), runtime.Version(), memTotal(), commit(), wall.Round(time.Second))
+	fmt.Fprintf(&b, "Load average (1, 5, 15 min) before: %s; after: %s. Above ~1 other work shared the machine: the figures are noisier.\n\n", loadBefore, loadAvg())
 	b.WriteString("| fig | measure | subject | baseline | unit | subject med [min–max] | baseline med [min–max] | ratio med [min–max] | target | holds |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range rs {
@@ -164,6 +165,15 @@ func orDash(s string) string {
 		return "–"
 	}
 	return s
+}
+
+// loadAvg returns the 1, 5 and 15 minute load averages.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) >= 3 {
+		return strings.Join(f[:3], " ")
+	}
+	return "unknown"
 }
 
 func memTotal() string {
@@ -267,6 +277,7 @@ func selfCPU() time.Duration {
 func TestSuite(t *testing.T) {
 	cfg := loadSuiteConfig(t)
 	start := time.Now()
+	load := loadAvg()
 	var all rows
 	t.Run("middleware", func(t *testing.T) { middlewareFigures(t, cfg, &all) })
 	t.Run("publish", func(t *testing.T) { publishFigures(t, cfg, &all) })
@@ -274,7 +285,7 @@ func TestSuite(t *testing.T) {
 	all.mu.Lock()
 	defer all.mu.Unlock()
 	slices.SortStableFunc(all.rs, func(a, b row) int { return strings.Compare(a.fig[:1], b.fig[:1]) })
-	out := suiteTable(cfg, all.rs, time.Since(start))
+	out := suiteTable(cfg, all.rs, time.Since(start), load)
 	t.Logf("\n%s", out)
 	if path := os.Getenv("SESSIONPUSH_BENCH_OUT"); path != "" {
 		if err := os.WriteFile(path, []byte(out), 0o644); err != nil {

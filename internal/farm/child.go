@@ -34,8 +34,7 @@ type farmProc struct {
 	out   *bufio.Writer
 	outMu sync.Mutex
 
-	keysMu sync.Mutex
-	keys   map[string]*keyState
+	keys sync.Map // string → *keyState
 
 	lastEvent atomic.Int64 // unix ns
 	events    atomic.Int64
@@ -74,7 +73,7 @@ func (p *farmProc) say(r reply) {
 }
 
 func runFarm() int {
-	p := &farmProc{out: bufio.NewWriter(os.Stdout), keys: map[string]*keyState{}, conns: map[net.Conn]struct{}{}}
+	p := &farmProc{out: bufio.NewWriter(os.Stdout), conns: map[net.Conn]struct{}{}}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	in := bufio.NewScanner(os.Stdin)
 	in.Buffer(make([]byte, 64<<10), 256<<20)
@@ -265,14 +264,11 @@ func (p *farmProc) read(i int, br *bufio.Reader, lastID *string) bool {
 }
 
 func (p *farmProc) key(k string) *keyState {
-	p.keysMu.Lock()
-	defer p.keysMu.Unlock()
-	ks := p.keys[k]
-	if ks == nil {
-		ks = &keyState{per: make([]int32, len(p.cfg.Listeners))}
-		p.keys[k] = ks
+	if ks, ok := p.keys.Load(k); ok {
+		return ks.(*keyState)
 	}
-	return ks
+	ks, _ := p.keys.LoadOrStore(k, &keyState{per: make([]int32, len(p.cfg.Listeners))})
+	return ks.(*keyState)
 }
 
 func (p *farmProc) record(i int, key string, sent, now int64) {
@@ -365,12 +361,11 @@ func (p *farmProc) counters() Counters {
 // check reports "" if every listener got each of want exactly once and no
 // event of another key.
 func (p *farmProc) check(want []string) string {
-	p.keysMu.Lock()
-	names := make([]string, 0, len(p.keys))
-	for k := range p.keys {
-		names = append(names, k)
-	}
-	p.keysMu.Unlock()
+	var names []string
+	p.keys.Range(func(k, _ any) bool {
+		names = append(names, k.(string))
+		return true
+	})
 	slices.Sort(names)
 	var msgs []string
 	for _, k := range names {
