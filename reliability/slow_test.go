@@ -120,6 +120,7 @@ func TestSlowConsumers(t *testing.T) {
 	peak := base
 	pad := strings.Repeat("x", size)
 	var maxPublish time.Duration
+	maxAt, maxSubs := 0, 0 // the slowest Publish: its message and the listeners it reported
 	publishedStalled := 0
 	for seq := 1; seq <= messages; seq++ {
 		if err := got.wait(ctx, seq-8); err != nil { // stay within the buffer of the healthy listener
@@ -134,9 +135,12 @@ func TestSlowConsumers(t *testing.T) {
 		b += pad[len(b):]
 		start := time.Now()
 		rc, err := h.Publish(ctx, ch, relay.Message{Body: []byte(b), ContentType: "text/plain"})
-		maxPublish = max(maxPublish, time.Since(start))
+		took := time.Since(start)
 		if err != nil {
 			t.Fatalf("publish %d: %v", seq, err)
+		}
+		if took > maxPublish {
+			maxPublish, maxAt, maxSubs = took, seq, rc.Subscribers
 		}
 		if rc.Subscribers == 3 {
 			publishedStalled++
@@ -165,7 +169,7 @@ func TestSlowConsumers(t *testing.T) {
 	if growth > bound {
 		t.Errorf("live heap grew by %d MiB while %d MiB were published; want under %d MiB", growth>>20, messages*size>>20, bound>>20)
 	}
-	t.Logf("RESULT test=slow published_mib=%d published_while_stalled=%d max_publish_ms=%.2f heap_base_mib=%.1f heap_peak_mib=%.1f slow_disconnects=%d",
-		messages*size>>20, publishedStalled, float64(maxPublish.Microseconds())/1000,
+	t.Logf("RESULT test=slow published_mib=%d published_while_stalled=%d max_publish_ms=%.2f max_publish_seq=%d max_publish_listeners=%d heap_base_mib=%.1f heap_peak_mib=%.1f slow_disconnects=%d",
+		messages*size>>20, publishedStalled, float64(maxPublish.Microseconds())/1000, maxAt, maxSubs,
 		float64(base)/(1<<20), float64(peak)/(1<<20), st.SlowDisconnects)
 }
