@@ -239,7 +239,8 @@ func TestStalledListener(t *testing.T) {
 	})
 
 	t.Run("disconnected after WriteTimeout", func(t *testing.T) {
-		h, srv := newTestHub(t, Options{Heartbeat: -1, WriteTimeout: 100 * time.Millisecond})
+		// The reading listener must keep up within WriteTimeout, on a loaded machine.
+		h, srv := newTestHub(t, Options{Heartbeat: -1, WriteTimeout: 500 * time.Millisecond})
 		run(t, h, srv.URL, func(i int) bool {
 			if i > 10000 {
 				t.Fatal("the stalled listener was never disconnected")

@@ -10,8 +10,11 @@ import (
 	"net/http/httptest"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/sessionpush/sessionpush/relay"
 )
 
 // cookieWriter is a ResponseWriter wrapper like the root package's
@@ -270,5 +273,88 @@ func TestConnWriterPastDeadline(t *testing.T) {
 	b := make([]byte, 4)
 	if _, err := io.ReadFull(client, b); err != nil || string(b) != "late" {
 		t.Errorf("read %q (%v)", b, err)
+	}
+}
+
+// parkedCount returns the number of idle hijacked streams of channel.
+func parkedCount(h *Hub, channel string) int {
+	h.mu.RLock()
+	c := h.channels[channel]
+	h.mu.RUnlock()
+	if c == nil {
+		return -1
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.parked)
+}
+
+// TestStreamsConcurrentPublish publishes from several goroutines to a
+// channel whose hijacked streams are parked, dispatched (inline and in
+// batches) and caught up all at once: each stream gets every message once,
+// in order.
+func TestStreamsConcurrentPublish(t *testing.T) {
+	defer func(n int) { dispatchChunk = n }(dispatchChunk)
+	dispatchChunk = 8                        // 20 streams: three dispatching goroutines
+	for _, listeners := range []int{2, 20} { // Publish writes itself; dispatchers do
+		t.Run(fmt.Sprint(listeners), func(t *testing.T) {
+			const publishers, each = 4, 50
+			h, srv := newTestHub(t, Options{BufferLength: publishers * each, MaxListeners: -1})
+			mustOpen(t, h, ch)
+			streams := make([]*stream, listeners)
+			for i := range streams {
+				streams[i] = openStream(t, srv.URL+"/sub/"+ch, nil)
+			}
+			eventually(t, "parked streams", func() bool { return parkedCount(h, ch) == listeners })
+			var wg sync.WaitGroup
+			for range publishers {
+				wg.Go(func() {
+					for range each {
+						if _, err := h.Publish(context.Background(), ch, text("x")); err != nil {
+							t.Error(err)
+						}
+					}
+				})
+			}
+			wg.Wait()
+			for i, s := range streams {
+				var last relay.MessageID
+				for n := range publishers * each {
+					ev := s.next(t)
+					id, err := relay.ParseMessageID(ev.id)
+					if err != nil || ev.name != "" || id.Compare(last) <= 0 {
+						t.Fatalf("stream %d, event %d: %+v after %s", i, n, ev, last)
+					}
+					last = id
+				}
+			}
+			eventually(t, "streams parked again", func() bool { return parkedCount(h, ch) == listeners })
+			if s := h.Stats(); s.Deliveries != uint64(listeners*publishers*each) || s.Gaps != 0 {
+				t.Errorf("%d deliveries, %d gaps; want %d and 0", s.Deliveries, s.Gaps, listeners*publishers*each)
+			}
+		})
+	}
+}
+
+// TestStreamParkedGap parks a stream that resumed after a message never
+// buffered: the next message comes after a gap event.
+func TestStreamParkedGap(t *testing.T) {
+	h, srv := newTestHub(t, Options{BufferLength: -1})
+	mustOpen(t, h, ch)
+	r0 := mustPublish(t, h, ch, text("a"))
+	mustPublish(t, h, ch, text("b"))
+	s := openStream(t, srv.URL+"/sub/"+ch, http.Header{"Last-Event-Id": {r0.ID}})
+	eventually(t, "a parked stream", func() bool { return parkedCount(h, ch) == 1 })
+	r2 := mustPublish(t, h, ch, text("c"))
+	if ev := s.next(t); ev.name != "gap" || ev.data != r0.ID {
+		t.Errorf("got %+v, want a gap after %s", ev, r0.ID)
+	}
+	if ev := s.next(t); ev.id != r2.ID {
+		t.Errorf("got %+v, want %s", ev, r2.ID)
+	}
+	eventually(t, "parked again", func() bool { return parkedCount(h, ch) == 1 })
+	r3 := mustPublish(t, h, ch, text("d"))
+	if ev := s.next(t); ev.id != r3.ID || ev.name != "" {
+		t.Errorf("got %+v, want %s without a gap", ev, r3.ID)
 	}
 }

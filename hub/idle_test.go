@@ -33,7 +33,8 @@ import (
 // with HUB_IDLE_BENCH=1; HUB_IDLE_N sets the number of listeners (10000),
 // HUB_IDLE_MODE=handler serves them on net/http's handler goroutines, as
 // before hijacking, HUB_IDLE_SHAPE=one puts them all on one channel (else
-// one channel each), HUB_IDLE_ROUNDS the rounds of publishing (5). It
+// one channel each), HUB_IDLE_PUBLISHERS the goroutines that publish to
+// them (1), HUB_IDLE_ROUNDS the rounds of publishing (5). It
 // reports figures, asserts nothing about them.
 func TestIdleListeners(t *testing.T) {
 	if os.Getenv("HUB_IDLE_BENCH") != "1" {
@@ -140,9 +141,18 @@ func TestIdleListeners(t *testing.T) {
 		} else if one {
 			mustPublish(t, h, "b", text("hello"))
 		} else {
-			for _, name := range names {
-				mustPublish(t, h, name, text("hello"))
+			// HUB_IDLE_PUBLISHERS goroutines share the channels, as
+			// sessionpush's fan-out (Config.Concurrency) does.
+			var wg sync.WaitGroup
+			p := envInt("HUB_IDLE_PUBLISHERS", 1)
+			for k := range p {
+				wg.Go(func() {
+					for i := k; i < len(names); i += p {
+						mustPublish(t, h, names[i], text("hello"))
+					}
+				})
 			}
+			wg.Wait()
 		}
 		expect("got " + strconv.Itoa(r))
 		el := time.Since(t0)

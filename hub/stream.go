@@ -26,6 +26,7 @@ type hstream struct {
 	cw         *connWriter
 	head       []byte // the status line and headers, sent with the first bytes
 	gap        bool   // parked after a gap: the next message says so
+	slot       int    // its index in chanState.parked while it is there
 	readerDone chan struct{}
 	ended      atomic.Bool  // the client went away: park no more
 	finished   atomic.Bool  // finish ran
@@ -70,47 +71,72 @@ func (s *hstream) unpark() bool {
 	c := s.l.ch
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, ok := c.parked[s]; !ok {
+	// A slot left from an earlier parking names another stream, or none:
+	// Publish and close take the whole slice.
+	if s.slot >= len(c.parked) || c.parked[s.slot] != s {
 		return false
 	}
-	delete(c.parked, s)
+	last := len(c.parked) - 1
+	c.parked[s.slot] = c.parked[last]
+	c.parked[s.slot].slot = s.slot
+	c.parked[last] = nil
+	c.parked = c.parked[:last]
 	return true
 }
+
+// inlineDispatch is the most parked streams to which Publish writes a
+// message itself; more get a dispatching goroutine.
+const inlineDispatch = 4
+
+// dispatchChunk is the most streams one dispatching goroutine writes to; a
+// variable for tests.
+var dispatchChunk = 1024
 
 // dispatch writes m to the streams that were parked when it was published,
 // each of which follows its position at once (see hstream.deliver). Large
 // sets are shared among several goroutines.
-func dispatch(parked map[*hstream]struct{}, m *message) {
-	const chunk = 1024
-	if len(parked) <= chunk {
-		for s := range parked {
-			s.deliver(m)
-		}
-		return
+func dispatch(parked []*hstream, m *message) {
+	chunk := dispatchChunk
+	for len(parked) > chunk {
+		go deliverAll(parked[:chunk:chunk], m)
+		parked = parked[chunk:]
 	}
-	batch := make([]*hstream, 0, chunk)
-	for s := range parked {
-		if batch = append(batch, s); len(batch) == chunk {
-			go deliverAll(batch, m)
-			batch = make([]*hstream, 0, chunk)
-		}
-	}
-	deliverAll(batch, m)
+	deliverAll(parked, m)
 }
 
+// deliverAll delivers m to a batch of streams of one channel (see
+// deliver), then parks again those that are caught up, under one lock.
 func deliverAll(batch []*hstream, m *message) {
+	done := batch[:0] // written in full: to park, or to go on
 	for _, s := range batch {
-		s.deliver(m)
+		if s.deliver(m) {
+			done = append(done, s)
+		}
+	}
+	if len(done) == 0 {
+		return
+	}
+	c := done[0].l.ch
+	more := done[:0]
+	c.mu.Lock()
+	for _, s := range done {
+		if !s.parkLocked() {
+			more = append(more, s)
+		}
+	}
+	c.mu.Unlock()
+	for _, s := range more {
+		go s.run(nil) // more to send, the channel closed, or the client left
 	}
 }
 
 // deliver writes m, the message after s's position, as far as the socket
-// takes it at once, then parks s again if it is caught up; otherwise a run
-// goroutine takes over. The caller has the turn.
-func (s *hstream) deliver(m *message) {
+// takes it at once, and reports whether it took it all; otherwise a run
+// goroutine takes over, or the stream has ended. The caller has the turn.
+func (s *hstream) deliver(m *message) bool {
 	if s.ended.Load() {
 		s.finish()
-		return
+		return false
 	}
 	b, gap := m.frame, s.gap
 	if gap {
@@ -126,14 +152,13 @@ func (s *hstream) deliver(m *message) {
 	case err != nil:
 		s.err = err
 		s.finish()
+		return false
 	case rest != nil:
 		go s.runRest(rest, gap)
-	default:
-		s.sent(gap)
-		if _, _, park := s.nextOrPark(); !park {
-			go s.run(nil) // more to send, the channel closed, or the client left
-		}
+		return false
 	}
+	s.sent(gap)
+	return true
 }
 
 // sent records a delivery written in full.
@@ -202,12 +227,32 @@ func (s *hstream) nextOrPark() (m *message, gap, park bool) {
 	if m, gap = c.after(s.l.pos); m != nil {
 		return m, gap, false
 	}
-	if c.parked == nil {
-		c.parked = make(map[*hstream]struct{})
-	}
-	c.parked[s] = struct{}{}
-	s.gap = gap
+	s.park(gap)
 	return nil, false, true
+}
+
+// parkLocked parks the stream if it is caught up, the channel open and the
+// client there, and reports whether it did. The caller holds c.mu.
+func (s *hstream) parkLocked() bool {
+	c := s.l.ch
+	if c.closed || s.ended.Load() {
+		return false
+	}
+	m, gap := c.after(s.l.pos)
+	if m != nil {
+		return false
+	}
+	s.park(gap)
+	return true
+}
+
+// park puts the stream in its channel's parked set, keeping gap for the
+// next message. The caller holds c.mu.
+func (s *hstream) park(gap bool) {
+	c := s.l.ch
+	s.slot = len(c.parked)
+	c.parked = append(c.parked, s)
+	s.gap = gap
 }
 
 // write writes b (after the headers, the first time), waiting within

@@ -447,7 +447,8 @@ func TestWebSocketStalled(t *testing.T) {
 				waitListeners(t, h, ch, 1)
 			})
 			t.Run("dropped after WriteTimeout", func(t *testing.T) {
-				h, srv := newTestHub(t, Options{Heartbeat: -1, WriteTimeout: 100 * time.Millisecond})
+				// The reading listener must keep up within WriteTimeout, on a loaded machine.
+				h, srv := newTestHub(t, Options{Heartbeat: -1, WriteTimeout: 500 * time.Millisecond})
 				run(t, h, srv, s.dial, func(i int) bool {
 					if i > 10000 {
 						t.Fatal("the stalled listener was never disconnected")
