@@ -398,6 +398,12 @@ func (w *sessionWriter) check() {
 	s := w.s
 	if s == nil {
 		s = w.m.session(w.r)
+	} else if ch := &w.ctx.ch; ch.ID != "" {
+		// The common case: the handler left the user and the binding
+		// as they were, already validated.
+		if id, owner := boundValues(s); id == ch.ID && owner == ch.User && w.m.user(w.r, s) == ch.User {
+			return
+		}
 	}
 	if _, _, err := w.m.syncSession(w.ResponseWriter, w.r, s); err != nil {
 		w.m.log.Error("sessionpush: binding a channel to the session", "err", err)

@@ -193,7 +193,8 @@ func TestInjectionThroughIDs(t *testing.T) {
 		long,
 		sub.Channel + long,
 		url.PathEscape("ｂ0adca57-0000-4000-8000-000000000000"),    // full-width b
-		url.PathEscape(strings.Replace(sub.Channel, "a", "а", 1)), // Cyrillic a
+		url.PathEscape(sub.Channel[:14] + "４" + sub.Channel[15:]), // full-width 4 as the version digit, which every channel ID has
+		url.PathEscape(sub.Channel[:8] + "‐" + sub.Channel[9:]),   // U+2010 hyphen
 		strings.ToUpper(sub.Channel),
 		url.PathEscape(sub.Channel + "\u200b"), // zero-width space
 	} {
