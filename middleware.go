@@ -330,9 +330,11 @@ func CurrentChannel(r *http.Request) *Channel {
 // When a session has a user but no channel for that user, the Middleware
 // binds a new random channel ID (a version 4 UUID) and saves it in the
 // session with its owner. It looks before the handler runs and again when
-// the handler starts its response, so the response that signs a user in
-// already carries the binding, and the requests that follow, however many at
-// once, agree on one channel. When the session's user changes or signs out,
+// the handler starts its response if the handler saved the session (the
+// response sets a cookie), so the response that signs a user in already
+// carries the binding, and the requests that follow, however many at once,
+// agree on one channel. A change to the session that the handler does not
+// save is seen on the next request. When the session's user changes or signs out,
 // the old channel is closed and, for a new user, a new one bound. Binding is
 // not opening: SubscribeHandler opens the channel.
 //
@@ -395,6 +397,11 @@ func (w *sessionWriter) check() {
 		return
 	}
 	w.checked = true
+	if len(w.ResponseWriter.Header()["Set-Cookie"]) == 0 {
+		// The handler saved no session, so it signed nobody in or out:
+		// a change it made but did not save waits for the next request.
+		return
+	}
 	s := w.s
 	if s == nil {
 		s = w.m.session(w.r)
