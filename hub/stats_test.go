@@ -123,7 +123,9 @@ func TestStatsGauges(t *testing.T) {
 	if err := h.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if st := h.Stats(); st.Channels != 0 || st.Listeners != (TransportCounts{}) || st.WriteFailures != 0 {
+	// Not WriteFailures: the WebSocket cut above may or may not have been
+	// noticed by a write (the close frame) before Shutdown ended it.
+	if st := h.Stats(); st.Channels != 0 || st.Listeners != (TransportCounts{}) {
 		t.Errorf("after Shutdown: %+v", st)
 	}
 }
