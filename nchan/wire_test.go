@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,8 +34,11 @@ type rawServer struct {
 	URL      string
 	requests atomic.Int64
 	conns    atomic.Int64
-	ln       net.Listener
-	wg       sync.WaitGroup
+	// pipelined counts the answered requests that had the next one
+	// already behind them in the read buffer.
+	pipelined atomic.Int64
+	ln        net.Listener
+	wg        sync.WaitGroup
 }
 
 func newRawServer(t *testing.T, handle func(r *http.Request, nth int, w io.Writer) bool) *rawServer {
@@ -67,6 +71,9 @@ func newRawServer(t *testing.T, handle func(r *http.Request, nth int, w io.Write
 					s.requests.Add(1)
 					if !handle(r, nth, conn) {
 						return
+					}
+					if br.Buffered() > 0 {
+						s.pipelined.Add(1)
 					}
 				}
 			})
@@ -436,5 +443,398 @@ func TestWireOnlyForPlainHTTP(t *testing.T) {
 	c, _ := New("http://localhost/pub/{channel}", Options{})
 	if c.wire.addr != "localhost:80" || c.wire.host != "localhost" {
 		t.Errorf("default port: dial %q Host %q", c.wire.addr, c.wire.host)
+	}
+}
+
+// scriptedBatch sends n POSTs (to /pub/c0 ... /pub/c<n-1>) as one
+// pipelined batch to a server that reads them all and then runs answer,
+// and closes the connection. With reused, one GET is served on the
+// connection first, so that the batch goes out on a kept-alive connection.
+func scriptedBatch(t *testing.T, n int, reused bool, answer func(w io.Writer, reqs []*http.Request)) []*wireCall {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	served := make(chan error, 1)
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			served <- err
+			return
+		}
+		defer conn.Close()
+		br := bufio.NewReader(conn)
+		read := func() (*http.Request, error) {
+			r, err := http.ReadRequest(br)
+			if err != nil {
+				return nil, err
+			}
+			_, err = io.Copy(io.Discard, r.Body)
+			return r, err
+		}
+		if reused {
+			if _, err := read(); err != nil {
+				served <- err
+				return
+			}
+			writeAnswer(conn, 200, "", infoBody)
+		}
+		reqs := make([]*http.Request, n)
+		for i := range reqs {
+			if reqs[i], err = read(); err != nil {
+				served <- err
+				return
+			}
+		}
+		answer(conn, reqs)
+		served <- nil
+	}()
+	u, _ := url.Parse("http://" + ln.Addr().String())
+	w := newWire(u)
+	defer w.closeIdle()
+	ctx := ctxTimeout(t, 10*time.Second)
+	if reused {
+		var pr progress
+		if st, _, err := w.roundTrip1(ctx, [3]string{"/pub/", "warm", ""}, &request{method: http.MethodGet}, &pr); err != nil || st != 200 {
+			t.Fatalf("first GET: %d, %v", st, err)
+		}
+	}
+	batch := make([]*wireCall, n)
+	for i := range batch {
+		batch[i] = &wireCall{ctx: ctx, target: [3]string{"/pub/", "c" + strconv.Itoa(i), ""},
+			rq: &request{method: http.MethodPost, body: []byte(strconv.Itoa(i))}, done: make(chan struct{}, 1)}
+	}
+	w.pipeline(batch)
+	if err := <-served; err != nil {
+		t.Fatalf("server: %v", err)
+	}
+	for i, c := range batch[1:] {
+		select {
+		case <-c.done:
+		default:
+			t.Errorf("call %d not signalled", i+1)
+		}
+	}
+	return batch
+}
+
+// A pipelined batch: answers go to their requests in order.
+func TestWirePipelineAnswersInOrder(t *testing.T) {
+	batch := scriptedBatch(t, 5, false, func(w io.Writer, reqs []*http.Request) {
+		var all strings.Builder
+		for _, r := range reqs {
+			writeAnswer(&all, 202, "", "answer to "+r.URL.Path)
+		}
+		io.WriteString(w, all.String()) // in one piece, as nginx often does
+	})
+	for i, c := range batch {
+		if want := "answer to /pub/c" + strconv.Itoa(i); c.err != nil || c.status != 202 || string(c.body) != want {
+			t.Errorf("call %d: %d %q %v, want 202 %q", i, c.status, c.body, c.err, want)
+		}
+	}
+}
+
+// An answer that says Connection: close (nginx's keepalive_requests, or a
+// 413 or 400) ends the batch: the requests behind it were not carried out
+// and may be sent again.
+func TestWirePipelineCloseAnswer(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		status int
+	}{{"keepalive-limit", 202}, {"413", 413}, {"400", 400}} {
+		t.Run(tc.name, func(t *testing.T) {
+			batch := scriptedBatch(t, 4, true, func(w io.Writer, reqs []*http.Request) {
+				writeAnswer(w, 202, "", "first")
+				writeAnswer(w, tc.status, "Connection: close\r\n", "second")
+			})
+			if c := batch[0]; c.err != nil || c.status != 202 || string(c.body) != "first" {
+				t.Errorf("call 0: %d %q %v", c.status, c.body, c.err)
+			}
+			if c := batch[1]; c.err != nil || c.status != tc.status || string(c.body) != "second" {
+				t.Errorf("call 1: %d %q %v, want %d", c.status, c.body, c.err, tc.status)
+			}
+			for i, c := range batch[2:] {
+				if !errors.Is(c.err, errNotCarriedOut) || !retryable(c.err, http.MethodPost, &c.pr) {
+					t.Errorf("call %d: %v (progress %+v), want a retryable errNotCarriedOut", i+2, c.err, c.pr)
+				}
+			}
+		})
+	}
+}
+
+// A connection that breaks after some answers of a batch, without saying
+// it would: the requests without an answer may have been carried out and
+// are not sent again.
+func TestWirePipelineBrokenAfterAnswer(t *testing.T) {
+	for _, reused := range []bool{false, true} {
+		t.Run(fmt.Sprintf("reused=%v", reused), func(t *testing.T) {
+			batch := scriptedBatch(t, 4, reused, func(w io.Writer, reqs []*http.Request) {
+				writeAnswer(w, 202, "", "first")
+			})
+			if c := batch[0]; c.err != nil || c.status != 202 {
+				t.Errorf("call 0: %d %v", c.status, c.err)
+			}
+			for i, c := range batch[1:] {
+				if !errors.Is(c.err, io.EOF) || !strings.Contains(c.err.Error(), "may or may not") ||
+					retryable(c.err, http.MethodPost, &c.pr) {
+					t.Errorf("call %d: %v (progress %+v), want a final io.EOF error saying it may or may not have been carried out", i+1, c.err, c.pr)
+				}
+			}
+		})
+	}
+}
+
+// A kept-alive connection closed before any answer of the batch (nginx
+// closing it idle as the batch went out): every request is sent again; on
+// a fresh connection none is.
+func TestWirePipelineBrokenBeforeAnswer(t *testing.T) {
+	for _, reused := range []bool{false, true} {
+		t.Run(fmt.Sprintf("reused=%v", reused), func(t *testing.T) {
+			batch := scriptedBatch(t, 3, reused, func(io.Writer, []*http.Request) {})
+			for i, c := range batch {
+				if c.err == nil || retryable(c.err, http.MethodPost, &c.pr) != reused {
+					t.Errorf("call %d: %v (progress %+v), want an error, retryable: %v", i, c.err, c.pr, reused)
+				}
+			}
+		})
+	}
+}
+
+// publishUnderLoad starts one publish per body, each in a goroutine of its
+// own, the first wirePipeConns held by the server (which blocks on hold)
+// until the rest wait in the Client's queue; then it releases the server.
+// It returns each publish's result and error, in body order.
+func publishUnderLoad(t *testing.T, c *Client, hold chan struct{}, ctxs []context.Context, bodies []string) ([]relay.Receipt, []error) {
+	t.Helper()
+	res := make([]relay.Receipt, len(bodies))
+	errs := make([]error, len(bodies))
+	var wg sync.WaitGroup
+	for i, b := range bodies {
+		wg.Go(func() {
+			res[i], errs[i] = c.Publish(ctxs[i], "p", relay.Message{Body: []byte(b)})
+		})
+	}
+	waitQueue(t, c, len(bodies)-wirePipeConns)
+	close(hold)
+	wg.Wait()
+	return res, errs
+}
+
+// waitQueue waits until n requests wait in the Client's queue.
+func waitQueue(t *testing.T, c *Client, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c.wire.pmu.Lock()
+		got := len(c.wire.queue)
+		c.wire.pmu.Unlock()
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d requests queued, want %d", got, n)
+		}
+		time.Sleep(time.Millisecond) // polling interval
+	}
+}
+
+// queuedAnswerServer answers each POST with 202 and "queued messages: <its
+// body>", after hold is closed.
+func queuedAnswerServer(t *testing.T, hold chan struct{}, extra func(r *http.Request, body []byte, nth int, w io.Writer) (handled, keep bool)) *rawServer {
+	return newRawServer(t, func(r *http.Request, nth int, w io.Writer) bool {
+		body, _ := io.ReadAll(r.Body)
+		if r.Method != http.MethodPost {
+			writeAnswer(w, 200, "", infoBody)
+			return true
+		}
+		<-hold
+		if extra != nil {
+			if handled, keep := extra(r, body, nth, w); handled {
+				return keep
+			}
+		}
+		writeAnswer(w, 202, "", queuedInfo(body))
+		return true
+	})
+}
+
+// queuedInfo is an info body with body as the count of queued messages.
+func queuedInfo(body []byte) string {
+	return "queued messages: " + string(body) + "\r\nlast requested: 0 sec. ago\r\nactive subscribers: 0\r\nlast message id: 1:0"
+}
+
+// Under load, publishes are pipelined and each gets its own answer.
+func TestWirePipelineUnderLoad(t *testing.T) {
+	hold := make(chan struct{})
+	srv := queuedAnswerServer(t, hold, nil)
+	c, err := New(srv.URL+"/pub/{channel}", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseIdleConnections()
+	c.markOpen("p")
+	const n = 64
+	ctxs := make([]context.Context, n)
+	bodies := make([]string, n)
+	ctx := ctxTimeout(t, 20*time.Second)
+	for i := range n {
+		ctxs[i], bodies[i] = ctx, strconv.Itoa(i+1)
+	}
+	res, errs := publishUnderLoad(t, c, hold, ctxs, bodies)
+	for i := range n {
+		if errs[i] != nil || res[i].Queued != i+1 {
+			t.Errorf("publish %d: %+v, %v; want its own answer, queued %d", i, res[i], errs[i], i+1)
+		}
+	}
+	if got := srv.requests.Load(); got != n {
+		t.Errorf("%d requests reached the server, want %d", got, n)
+	}
+	if c.wire.piped.Load() == 0 || srv.pipelined.Load() == 0 {
+		t.Errorf("%d requests sent pipelined, %d seen pipelined; want some", c.wire.piped.Load(), srv.pipelined.Load())
+	}
+}
+
+// A publish whose context ends while it is in a pipelined batch ends with
+// the context's error (or its answer, if it leads the batch); its answer is
+// read and dropped, the others get theirs.
+func TestWirePipelineCancelOne(t *testing.T) {
+	hold := make(chan struct{})
+	slowSeen, slowGo := make(chan struct{}), make(chan struct{})
+	srv := queuedAnswerServer(t, hold, func(r *http.Request, body []byte, nth int, w io.Writer) (bool, bool) {
+		if string(body) == "1" { // the slow one
+			close(slowSeen)
+			<-slowGo
+		}
+		return false, false
+	})
+	c, err := New(srv.URL+"/pub/{channel}", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseIdleConnections()
+	c.markOpen("p")
+	const n = 48
+	ctx := ctxTimeout(t, 20*time.Second)
+	slowCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ctxs := make([]context.Context, n)
+	bodies := make([]string, n)
+	for i := range n {
+		ctxs[i], bodies[i] = ctx, strconv.Itoa(i+1)
+	}
+	ctxs[0] = slowCtx
+	go func() {
+		select {
+		case <-slowSeen:
+			cancel()
+			close(slowGo)
+		case <-ctx.Done():
+		}
+	}()
+	res, errs := publishUnderLoad(t, c, hold, ctxs, bodies)
+	if errs[0] != nil && !errors.Is(errs[0], context.Canceled) {
+		t.Errorf("cancelled publish: %v, want context.Canceled (or its answer)", errs[0])
+	}
+	if errs[0] == nil && res[0].Queued != 1 {
+		t.Errorf("cancelled publish: %+v, want its own answer", res[0])
+	}
+	for i := 1; i < n; i++ {
+		if errs[i] != nil || res[i].Queued != i+1 {
+			t.Errorf("publish %d: %+v, %v; want its own answer, queued %d", i, res[i], errs[i], i+1)
+		}
+	}
+	if got := srv.requests.Load(); got != n {
+		t.Errorf("%d requests reached the server, want %d", got, n)
+	}
+	// The connections stay usable.
+	for i := range 3 * wirePipeConns {
+		r, err := c.Publish(ctx, "p", relay.Message{Body: []byte(strconv.Itoa(100 + i))})
+		if err != nil || r.Queued != 100+i {
+			t.Errorf("publish after: %+v, %v; want queued %d", r, err, 100+i)
+		}
+	}
+}
+
+// A server that closes each connection after every third request, saying
+// so, while 64 goroutines publish: pipelined requests behind the closing
+// answer are sent again, none is lost or doubled.
+func TestWirePipelineKeepAliveLimit(t *testing.T) {
+	hold := make(chan struct{})
+	var posts atomic.Int64
+	srv := queuedAnswerServer(t, hold, func(r *http.Request, body []byte, nth int, w io.Writer) (bool, bool) {
+		posts.Add(1)
+		if nth%3 == 0 {
+			writeAnswer(w, 202, "Connection: close\r\n", queuedInfo(body))
+			return true, false
+		}
+		return false, false
+	})
+	c, err := New(srv.URL+"/pub/{channel}", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseIdleConnections()
+	c.markOpen("p")
+	const n = 64 * 5
+	ctx := ctxTimeout(t, 30*time.Second)
+	ctxs := make([]context.Context, n)
+	bodies := make([]string, n)
+	for i := range n {
+		ctxs[i], bodies[i] = ctx, strconv.Itoa(i+1)
+	}
+	res, errs := publishUnderLoad(t, c, hold, ctxs, bodies)
+	for i := range n {
+		if errs[i] != nil || res[i].Queued != i+1 {
+			t.Errorf("publish %d: %+v, %v; want its own answer, queued %d", i, res[i], errs[i], i+1)
+		}
+	}
+	if got := posts.Load(); got != n {
+		t.Errorf("%d POSTs carried out, want %d", got, n)
+	}
+	if c.wire.piped.Load() == 0 || srv.pipelined.Load() == 0 {
+		t.Errorf("%d requests sent pipelined, %d seen pipelined; want some", c.wire.piped.Load(), srv.pipelined.Load())
+	}
+}
+
+// Publishes waiting in the queue, or in flight on a server that does not
+// answer, all end when their contexts are cancelled; the Client works on
+// afterwards.
+func TestWirePipelineCancelAll(t *testing.T) {
+	hold := make(chan struct{})
+	srv := queuedAnswerServer(t, hold, nil)
+	c, err := New(srv.URL+"/pub/{channel}", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseIdleConnections()
+	c.markOpen("p")
+	const n = 40
+	ctx, cancel := context.WithCancel(ctxTimeout(t, 20*time.Second))
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			_, err := c.Publish(ctx, "p", relay.Message{Body: []byte(strconv.Itoa(i))})
+			errs <- err
+		}()
+	}
+	waitQueue(t, c, n-wirePipeConns)
+	cancel()
+	for range n {
+		if err := <-errs; !errors.Is(err, context.Canceled) {
+			t.Errorf("publish: %v, want context.Canceled", err)
+		}
+	}
+	close(hold)
+	ctx2 := ctxTimeout(t, 10*time.Second)
+	if r, err := c.Publish(ctx2, "p", relay.Message{Body: []byte("7")}); err != nil || r.Queued != 7 {
+		t.Errorf("publish after: %+v, %v; want queued 7", r, err)
+	}
+	c.wire.pmu.Lock()
+	inFlight, queued := c.wire.inFlight, len(c.wire.queue)
+	c.wire.pmu.Unlock()
+	if inFlight != 0 || queued != 0 {
+		t.Errorf("%d in flight, %d queued after all ended; want 0, 0", inFlight, queued)
 	}
 }
