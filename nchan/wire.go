@@ -418,7 +418,7 @@ var errNotCarriedOut = fmt.Errorf("nchan: the server closed the connection befor
 type wireCall struct {
 	ctx    context.Context
 	target [3]string
-	rq     *request
+	rq     request       // a copy, so that the caller's does not escape
 	done   chan struct{} // signalled once: answered, or lead
 	end    int           // where its bytes end in the batch
 
@@ -444,7 +444,7 @@ func (w *wire) roundTrip(ctx context.Context, target [3]string, rq *request, pr 
 		w.handOff()
 		return status, body, err
 	}
-	c := &wireCall{ctx: ctx, target: target, rq: rq, done: make(chan struct{}, 1)}
+	c := &wireCall{ctx: ctx, target: target, rq: *rq, done: make(chan struct{}, 1)}
 	w.queue = append(w.queue, c)
 	w.pmu.Unlock()
 	select {
@@ -509,7 +509,7 @@ func (w *wire) lead(first *wireCall) {
 	w.pmu.Unlock()
 
 	if len(batch) == 1 {
-		first.status, first.body, first.err = w.roundTrip1(first.ctx, first.target, first.rq, &first.pr)
+		first.status, first.body, first.err = w.roundTrip1(first.ctx, first.target, &first.rq, &first.pr)
 	} else {
 		w.pipeline(batch)
 	}
@@ -575,7 +575,7 @@ func (w *wire) pipeline(batch []*wireCall) {
 
 	b := wc.buf[:0]
 	for _, c := range batch {
-		b = appendHead(b, c.target, w.host, c.rq)
+		b = appendHead(b, c.target, w.host, &c.rq)
 		b = append(b, c.rq.body...)
 		c.end = len(b)
 	}

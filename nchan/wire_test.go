@@ -504,7 +504,7 @@ func scriptedBatch(t *testing.T, n int, reused bool, answer func(w io.Writer, re
 	batch := make([]*wireCall, n)
 	for i := range batch {
 		batch[i] = &wireCall{ctx: ctx, target: [3]string{"/pub/", "c" + strconv.Itoa(i), ""},
-			rq: &request{method: http.MethodPost, body: []byte(strconv.Itoa(i))}, done: make(chan struct{}, 1)}
+			rq: request{method: http.MethodPost, body: []byte(strconv.Itoa(i))}, done: make(chan struct{}, 1)}
 	}
 	w.pipeline(batch)
 	if err := <-served; err != nil {
