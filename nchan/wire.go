@@ -403,8 +403,10 @@ func (wc *wireConn) line() ([]byte, error) {
 // byte at all came back on a reused connection (nginx closed it idle).
 // A caller whose context ends while its request is in a batch leaves at
 // once; its answer is read and dropped, so the others are not disturbed.
-// The batch's I/O is interrupted only when every caller in it has left, and
-// its deadline is the latest of theirs.
+// The batch's I/O is interrupted only when no caller waits for an answer
+// any more (each has its answer or has left), and its deadline is the
+// latest of theirs. The leader returns when its batch ends: under load its
+// call can take as long as the batch it carries.
 const (
 	wirePipeConns = 8  // requests (or batches) in flight before the queue
 	wirePipeDepth = 16 // requests written together at most
@@ -425,6 +427,8 @@ type wireCall struct {
 	// Under wire.pmu.
 	taken bool // out of the queue: in a batch, or leading
 	lead  bool // leads the next batch
+
+	settled atomic.Bool // answered, or its context ended (in pipeline)
 
 	// Set before done is signalled.
 	status int
@@ -519,10 +523,26 @@ func (w *wire) lead(first *wireCall) {
 // pipeline writes the batch in one write on one connection and reads the
 // answers in order, signalling each call but the first (the leader's).
 func (w *wire) pipeline(batch []*wireCall) {
+	// live counts the callers still waiting for their answer; when none
+	// is left (answered, or their context ended), the I/O is interrupted.
+	// After the last answer there is nothing left to interrupt.
+	var (
+		live        atomic.Int32
+		interrupted atomic.Bool
+		nc          net.Conn
+	)
+	live.Store(int32(len(batch)))
+	settle := func(c *wireCall, last bool) {
+		if c.settled.CompareAndSwap(false, true) && live.Add(-1) == 0 && !last && nc != nil {
+			interrupted.Store(true)
+			_ = nc.SetDeadline(aLongTimeAgo)
+		}
+	}
 	answered := func(c *wireCall) {
 		if c != batch[0] {
 			c.done <- struct{}{}
 		}
+		settle(c, c == batch[len(batch)-1])
 	}
 	// The dial serves them all: no caller's context cuts it short.
 	wc, err := w.get(context.Background())
@@ -558,18 +578,11 @@ func (w *wire) pipeline(batch []*wireCall) {
 		}
 		wc.deadline = !deadline.IsZero()
 	}
-	// Interrupt the I/O when every caller has left.
-	var live atomic.Int32
-	live.Store(int32(len(batch)))
-	nc := wc.nc
+	nc = wc.nc
 	stops := make([]func() bool, 0, len(batch))
 	for _, c := range batch {
 		if c.ctx.Done() != nil {
-			stops = append(stops, context.AfterFunc(c.ctx, func() {
-				if live.Add(-1) == 0 {
-					_ = nc.SetDeadline(aLongTimeAgo)
-				}
-			}))
+			stops = append(stops, context.AfterFunc(c.ctx, func() { settle(c, false) }))
 		}
 	}
 
@@ -640,6 +653,9 @@ func (w *wire) pipeline(batch []*wireCall) {
 		if !stop() {
 			keep = false // the deadline may be spoilt
 		}
+	}
+	if interrupted.Load() {
+		keep = false
 	}
 	if keep {
 		wc.uses += uses

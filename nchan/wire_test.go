@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -836,5 +837,75 @@ func TestWirePipelineCancelAll(t *testing.T) {
 	c.wire.pmu.Unlock()
 	if inFlight != 0 || queued != 0 {
 		t.Errorf("%d in flight, %d queued after all ended; want 0, 0", inFlight, queued)
+	}
+}
+
+// When every caller still waiting in a pipelined batch has left (their
+// contexts ended), the batch's I/O is interrupted, even though the leader's
+// own context (here without a deadline) goes on: the leader, which has its
+// answer, does not wait for answers nobody wants.
+func TestWirePipelineAllLeft(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	release := make(chan struct{})
+	served := make(chan error, 1)
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			served <- err
+			return
+		}
+		defer conn.Close()
+		br := bufio.NewReader(conn)
+		for range 3 {
+			r, err := http.ReadRequest(br)
+			if err != nil {
+				served <- err
+				return
+			}
+			io.Copy(io.Discard, r.Body)
+		}
+		writeAnswer(conn, 202, "", "first")
+		cancel() // the two others leave
+		served <- nil
+		// Hold the connection open until the test ends; a broken
+		// interrupt shows as EOF instead of a deadline error.
+		select {
+		case <-release:
+		case <-time.After(20 * time.Second):
+		}
+	}()
+	defer close(release)
+	u, _ := url.Parse("http://" + ln.Addr().String())
+	w := newWire(u)
+	defer w.closeIdle()
+	batch := make([]*wireCall, 3)
+	for i := range batch {
+		cctx := ctx
+		if i == 0 {
+			cctx = context.Background()
+		}
+		batch[i] = &wireCall{ctx: cctx, target: [3]string{"/pub/", "c" + strconv.Itoa(i), ""},
+			rq: request{method: http.MethodPost, body: []byte("x")}, done: make(chan struct{}, 1)}
+	}
+	w.pipeline(batch)
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+	if c := batch[0]; c.err != nil || c.status != 202 {
+		t.Errorf("call 0: %d %v, want 202", c.status, c.err)
+	}
+	for i, c := range batch[1:] {
+		if !errors.Is(c.err, os.ErrDeadlineExceeded) {
+			t.Errorf("call %d: %v, want the interrupt (a deadline error)", i+1, c.err)
+		}
+	}
+	if len(w.idle) != 0 {
+		t.Error("the interrupted connection went back to the pool")
 	}
 }
