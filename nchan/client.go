@@ -33,12 +33,9 @@ type Options struct {
 	//
 	// Nil means the Client's own HTTP/1.1 transport for http:// URLs
 	// (https:// URLs and URLs with user info use a net/http client with the
-	// same settings): it sends up to 8 calls at once each on a keep-alive
-	// connection of its own; more concurrent calls wait and go out
-	// pipelined, up to 16 in one write on one connection, their answers read
-	// in order (fewer system calls under load; nginx answers pipelined
-	// requests in order). It keeps up to 128 idle connections, closes them
-	// after 60 s idle (below nginx's keepalive_timeout of
+	// same settings): it keeps up to 128 idle keep-alive connections to the
+	// publisher (enough for 128 concurrent calls without reconnecting),
+	// closes them after 60 s idle (below nginx's keepalive_timeout of
 	// 75 s), uses no proxy, asks for no compression, dials with a 5 s
 	// timeout and bounds each call by its context's deadline and
 	// cancellation. It starts no goroutine and allocates little: a publish

@@ -81,9 +81,8 @@
 // deadline and [Options.MaxRetryTime] allow. A POST is retried after a
 // connection error only when nginx cannot have published it (not completely
 // sent, or sent on a reused keep-alive connection that nginx closed without
-// answering, or pipelined behind an answer that said Connection: close), so
-// a retry does not publish a message twice (short of an nginx worker dying
-// after it read a request on a kept-alive connection). Other statuses
+// answering), so a retry does not publish a message twice (short of an nginx
+// worker dying after it read a request on a kept-alive connection). Other statuses
 // are not retried. Every error is an [*Error] with the operation, the
 // channel, the last status (a 503 that outlived the deadline says 503) and
 // the cause, which wraps [relay.ErrChannelNotFound], [relay.ErrMessageTooLarge],

@@ -101,47 +101,6 @@ func TestFaultNginxKeepaliveRequests(t *testing.T) {
 	}
 }
 
-// nginx closing each connection after 5 requests while 64 goroutines
-// publish, enough for the Client to pipeline: nothing is lost or doubled.
-func TestFaultNginxKeepaliveRequestsPipelined(t *testing.T) {
-	n := startFaultNchan(t, "", 5)
-	c := newClient(t, n, "/pub/{channel}", Options{})
-	defer c.CloseIdleConnections()
-	ctx := ctxTimeout(t, 60*time.Second)
-	const workers, each = 64, 30
-	for g := range workers {
-		if _, err := c.Open(ctx, fmt.Sprintf("kp-%d", g)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	errs := make(chan error, workers)
-	for g := range workers {
-		go func() {
-			for i := range each {
-				if _, err := c.Publish(ctx, fmt.Sprintf("kp-%d", g), relay.Message{Body: fmt.Appendf(nil, "%d", i)}); err != nil {
-					errs <- err
-					return
-				}
-			}
-			errs <- nil
-		}()
-	}
-	for range workers {
-		if err := <-errs; err != nil {
-			t.Fatal(err)
-		}
-	}
-	for g := range workers {
-		info, err := c.Info(ctx, fmt.Sprintf("kp-%d", g))
-		if err != nil || info.Messages != each+1 {
-			t.Errorf("channel %d: %+v, %v; want %d messages", g, info, err, each+1)
-		}
-	}
-	if c.wire.piped.Load() == 0 {
-		t.Error("no request was pipelined")
-	}
-}
-
 // esListener is an EventSource listener on a raw TCP connection.
 type esListener struct {
 	conn net.Conn
