@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sessionpush/sessionpush/internal/servers"
 	"github.com/sessionpush/sessionpush/relay"
 )
 
@@ -37,10 +38,17 @@ import (
 //   - raw: net/http POSTs of the same bodies with the same Transport
 //     settings, reading and closing each answer.
 //
+// SESSIONPUSH_BENCH_REDIS=1 gives Nchan a Redis store (a redis-server on
+// loopback), where each publish waits for Redis.
+//
 // Run: go test -run '^$' -bench 'BenchmarkPublish$' -benchtime 3s ./nchan/
 // For a comparison with wrk on the same nginx, see BenchmarkPublishVsWrk.
 func BenchmarkPublish(b *testing.B) {
-	n := startNchan(b, "")
+	redisAddr := ""
+	if os.Getenv("SESSIONPUSH_BENCH_REDIS") != "" {
+		redisAddr = servers.StartRedis(b).Addr
+	}
+	n := startNchan(b, redisAddr)
 	body := benchBody()
 	const maxConc = 64
 	channels := make([]string, maxConc)
