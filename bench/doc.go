@@ -57,12 +57,14 @@
 //     nchan.Client, ExistsTTL one hour so that each message is one POST);
 //     8 publishing goroutines for both. Deliveries per second and the time
 //     from the first publish to the last delivery; p50 and p99 latency from
-//     the send time in each message's body to its receipt; server CPU per
+//     the intended send time in each message's body (the burst's start, or
+//     the message's slot when paced: so a wait for a free publisher counts,
+//     as wrk2 counts it against coordinated omission) to its receipt; server CPU per
 //     delivery: this process's getrusage for the embedded relay (publishing
 //     included), the nginx worker's run time from /proc/<pid>/schedstat for
-//     Nchan (its HTTP publishing included). A burst's latency is mostly its
-//     own queue, so the N-channel case is run again paced at 5,000 messages
-//     a second, below both relays' capacity.
+//     Nchan (its HTTP publishing included). The N-channel case runs again
+//     paced at 5,000 messages a second, below both relays' capacity, where
+//     the latency is the relay's own rather than the burst's queue.
 //  4. Idle listeners: memory per idle EventSource listener at N, from the
 //     N-channel setup of figure 3: this process's VmRSS growth (after
 //     runtime.GC and debug.FreeOSMemory) while the listeners connect, with
