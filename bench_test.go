@@ -1,8 +1,6 @@
 package sessionpush_test
 
 import (
-	"encoding/json"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -12,11 +10,12 @@ import (
 	"github.com/gorilla/sessions"
 
 	"github.com/sessionpush/sessionpush"
+	"github.com/sessionpush/sessionpush/sessionpushtest"
 )
 
 // BenchmarkMiddleware compares the Middleware on a signed-in request whose
 // channel is bound against the floor: a bare CookieStore.Get of the same
-// session, gob-encoded (gorilla's default) and JSON-encoded (jsonSerializer;
+// session, gob-encoded (gorilla's default) and JSON-encoded (sessionpushtest.JSONSerializer;
 // the user ID is then a number, which comes back as float64). Run:
 // go test -run '^$' -bench Middleware -benchmem .
 // bench.TestSuite measures the same as ratios (figure 1).
@@ -38,7 +37,7 @@ func benchmarkMiddleware(b *testing.B, useJSON bool, user any) {
 	want := user
 	if useJSON {
 		for _, c := range store.Codecs {
-			c.(*securecookie.SecureCookie).SetSerializer(jsonSerializer{})
+			c.(*securecookie.SecureCookie).SetSerializer(sessionpushtest.JSONSerializer{})
 		}
 		if n, ok := user.(int); ok {
 			want = float64(n)
@@ -83,45 +82,6 @@ func benchmarkMiddleware(b *testing.B, useJSON bool, user any) {
 			h.ServeHTTP(w, req.Clone(req.Context()))
 		}
 	})
-}
-
-// jsonSerializer is a securecookie.Serializer for session values in JSON,
-// which gorilla's JSONEncoder cannot encode (map[interface{}]interface{}):
-// keys must be strings; numbers come back as float64.
-type jsonSerializer struct{}
-
-func (jsonSerializer) Serialize(src any) ([]byte, error) {
-	v, ok := src.(map[any]any)
-	if !ok {
-		return json.Marshal(src)
-	}
-	m := make(map[string]any, len(v))
-	for k, x := range v {
-		ks, ok := k.(string)
-		if !ok {
-			return nil, fmt.Errorf("json session: key %v (%T) is not a string", k, k)
-		}
-		m[ks] = x
-	}
-	return json.Marshal(m)
-}
-
-func (jsonSerializer) Deserialize(src []byte, dst any) error {
-	d, ok := dst.(*map[any]any)
-	if !ok {
-		return json.Unmarshal(src, dst)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(src, &m); err != nil {
-		return err
-	}
-	if *d == nil {
-		*d = make(map[any]any, len(m))
-	}
-	for k, x := range m {
-		(*d)[k] = x
-	}
-	return nil
 }
 
 // discardWriter keeps one header map, as net/http's ResponseWriter does,

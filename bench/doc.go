@@ -34,7 +34,7 @@
 //
 //  1. Middleware: Manager.Middleware on a signed-in request whose channel is
 //     bound, against a bare CookieStore.Get of the same session; gob- and
-//     JSON-encoded sessions (jsonSerializer set on the store's
+//     JSON-encoded sessions (sessionpushtest.JSONSerializer set on the store's
 //     securecookie codecs). ns/op, allocs/op and B/op from testing.Benchmark
 //     (200 ms each, 4×runs+1 runs, in turns); and, as load-robust ns/op,
 //     the medians over alternating blocks of 32 requests of each (400 ms

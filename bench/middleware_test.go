@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"encoding/json"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -15,46 +14,8 @@ import (
 
 	"github.com/sessionpush/sessionpush"
 	"github.com/sessionpush/sessionpush/hub"
+	"github.com/sessionpush/sessionpush/sessionpushtest"
 )
-
-// jsonSerializer is a securecookie.Serializer for session values
-// (map[interface{}]interface{}) in JSON, which gorilla's JSONEncoder cannot
-// encode: keys must be strings; numbers come back as float64.
-type jsonSerializer struct{}
-
-func (jsonSerializer) Serialize(src any) ([]byte, error) {
-	v, ok := src.(map[any]any)
-	if !ok {
-		return json.Marshal(src)
-	}
-	m := make(map[string]any, len(v))
-	for k, x := range v {
-		ks, ok := k.(string)
-		if !ok {
-			return nil, fmt.Errorf("json session: key %v (%T) is not a string", k, k)
-		}
-		m[ks] = x
-	}
-	return json.Marshal(m)
-}
-
-func (jsonSerializer) Deserialize(src []byte, dst any) error {
-	d, ok := dst.(*map[any]any)
-	if !ok {
-		return json.Unmarshal(src, dst)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(src, &m); err != nil {
-		return err
-	}
-	if *d == nil {
-		*d = make(map[any]any, len(m))
-	}
-	for k, x := range m {
-		(*d)[k] = x
-	}
-	return nil
-}
 
 // discardWriter is a ResponseWriter that keeps nothing.
 type discardWriter struct{ h http.Header }
@@ -84,7 +45,7 @@ func newMiddlewareCase(t testing.TB, name string, useJSON bool, user any) middle
 	store := sessions.NewCookieStore(securecookie.GenerateRandomKey(32))
 	if useJSON {
 		for _, c := range store.Codecs {
-			c.(*securecookie.SecureCookie).SetSerializer(jsonSerializer{})
+			c.(*securecookie.SecureCookie).SetSerializer(sessionpushtest.JSONSerializer{})
 		}
 	}
 	// The relay counts its calls: a signed-in request must make none.

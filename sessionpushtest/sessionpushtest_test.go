@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/sessionpush/sessionpush"
@@ -75,5 +76,26 @@ func TestKitSignIn(t *testing.T) {
 	}
 	if _, other, _ := kit.SignIn(httptest.NewRequest("GET", "/", nil), "alice"); other == ch {
 		t.Fatal("two sign-ins share a channel")
+	}
+}
+
+func TestJSONSerializerRoundTrip(t *testing.T) {
+	var sz sessionpushtest.JSONSerializer
+	b, err := sz.Serialize(map[any]any{"user": 42, "name": "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[any]any
+	if err := sz.Deserialize(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got["user"] != float64(42) || got["name"] != "alice" || len(got) != 2 {
+		t.Errorf("round trip: %#v", got)
+	}
+	if _, err := sz.Serialize(map[any]any{1: "x"}); err == nil || !strings.Contains(err.Error(), "not a string") {
+		t.Errorf("a non-string key: %v, want an error naming it", err)
+	}
+	if err := sz.Deserialize([]byte("{"), &got); err == nil {
+		t.Error("malformed JSON decoded without error")
 	}
 }
