@@ -26,7 +26,7 @@ func BenchmarkMiddleware(b *testing.B) {
 		user any
 	}{
 		{"gob", false, "alice"},
-		{"json", true, 42},
+		{"json", true, 1234567}, // a numeric user ID, as JSON sessions often hold
 	} {
 		b.Run(tc.name, func(b *testing.B) { benchmarkMiddleware(b, tc.json, tc.user) })
 	}

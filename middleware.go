@@ -408,7 +408,7 @@ func (w *sessionWriter) check() {
 	} else if ch := &w.ctx.ch; ch.ID != "" {
 		// The common case: the handler left the user and the binding
 		// as they were, already validated.
-		if id, owner := boundValues(s); id == ch.ID && owner == ch.User && w.m.user(w.r, s) == ch.User {
+		if id, owner := boundValues(s); id == ch.ID && owner == ch.User && w.m.isUser(w.r, s, owner) {
 			return
 		}
 	}
@@ -479,12 +479,11 @@ func (m *Manager) bound(r *http.Request) *Channel {
 	if s == nil {
 		return nil
 	}
-	user := m.user(r, s)
 	id, owner := boundValues(s)
-	if user == "" || owner != user || !validChannelID(id) {
+	if !validChannelID(id) || !m.isUser(r, s, owner) {
 		return nil
 	}
-	return &Channel{ID: id, User: user, m: m}
+	return &Channel{ID: id, User: owner, m: m}
 }
 
 func boundValues(s *sessions.Session) (id, owner string) {
@@ -506,11 +505,11 @@ func (m *Manager) syncSession(w http.ResponseWriter, r *http.Request, s *session
 	if s == nil {
 		return Channel{}, false, nil
 	}
-	user := m.user(r, s)
 	id, owner := boundValues(s)
-	if user != "" && owner == user && validChannelID(id) {
-		return Channel{ID: id, User: user, m: m}, true, nil
+	if validChannelID(id) && m.isUser(r, s, owner) {
+		return Channel{ID: id, User: owner, m: m}, true, nil
 	}
+	user := m.user(r, s)
 	if id == "" && owner == "" && user == "" {
 		return Channel{}, false, nil
 	}
@@ -600,6 +599,42 @@ func (m *Manager) user(r *http.Request, s *sessions.Session) string {
 		}
 	}
 	return ""
+}
+
+// isUser reports whether s's signed-in user is name, a non-empty user ID
+// as m.user formats it, without formatting a numeric ID (which would
+// allocate on every request).
+func (m *Manager) isUser(r *http.Request, s *sessions.Session, name string) bool {
+	if name == "" {
+		return false
+	}
+	if m.userFunc != nil {
+		return m.userFunc(r, s) == name
+	}
+	switch v := s.Values[m.userKey].(type) {
+	case string:
+		return v == name
+	case int:
+		n, err := strconv.ParseInt(name, 10, 64)
+		return err == nil && n == int64(v) && canonicalInt(name)
+	case int64:
+		n, err := strconv.ParseInt(name, 10, 64)
+		return err == nil && n == v && canonicalInt(name)
+	case uint64:
+		n, err := strconv.ParseUint(name, 10, 64)
+		return err == nil && n == v && canonicalInt(name)
+	case float64:
+		n, err := strconv.ParseInt(name, 10, 64)
+		return err == nil && v == float64(int64(v)) && n == int64(v) && canonicalInt(name)
+	}
+	return m.user(r, s) == name // fmt.Stringer and the rest
+}
+
+// canonicalInt reports whether s is an integer as strconv formats one: no
+// sign but a leading '-', no leading zeros.
+func canonicalInt(s string) bool {
+	d := strings.TrimPrefix(s, "-")
+	return d != "" && (d == "0" && d == s || d[0] != '0') && s[0] != '+'
 }
 
 // validChannelID reports whether id is a canonical, lower-case UUID of

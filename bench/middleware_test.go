@@ -113,7 +113,7 @@ func newMiddlewareCase(t testing.TB, name string, useJSON bool, user any) middle
 func middlewareFigures(t *testing.T, cfg suiteConfig, out *rows) {
 	cases := []middlewareCase{
 		newMiddlewareCase(t, "gob", false, "alice"),
-		newMiddlewareCase(t, "json", true, 42),
+		newMiddlewareCase(t, "json", true, 1234567), // a numeric user ID
 	}
 	for _, c := range cases {
 		// Correctness, in both modes: the bare Get finds the user, the
