@@ -51,7 +51,10 @@ type Store struct {
 	pageSize int
 }
 
-var _ sessionpush.Store = (*Store)(nil)
+var (
+	_ sessionpush.Store          = (*Store)(nil)
+	_ sessionpush.ChannelCounter = (*Store)(nil)
+)
 
 // New returns a Store on client, which may be a single-node, Sentinel
 // (failover) or Cluster client. The Store does not own client: closing it
@@ -336,6 +339,18 @@ func (s *Store) All(ctx context.Context) iter.Seq2[sessionpush.Record, error] {
 			start = "(" + ids[len(ids)-1]
 		}
 	}
+}
+
+// CountChannels implements [sessionpush.ChannelCounter]: the number of
+// channels recorded, in one request (ZCARD of the index), so that
+// Manager.CountChannels and package metrics report the open channels of
+// every instance sharing the store.
+func (s *Store) CountChannels(ctx context.Context) (int, error) {
+	n, err := s.client.ZCard(ctx, s.index).Result()
+	if err != nil {
+		return 0, fmt.Errorf("redisstore: count channels: %w", err)
+	}
+	return int(n), nil
 }
 
 // Touch implements [sessionpush.Store]. A channel that is not recorded

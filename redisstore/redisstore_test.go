@@ -529,3 +529,53 @@ func TestRedisDownAndBack(t *testing.T) {
 		t.Fatalf("Remove after the restart = %v, %v", removed, err)
 	}
 }
+
+// TestCountChannels counts what the index holds, across two Managers'
+// stores on one Redis, through Manager.CountChannels as the metrics
+// handler asks it.
+func TestCountChannels(t *testing.T) {
+	_, client := startRedis(t, nil)
+	ctx := t.Context()
+	a := redisstore.New(client, redisstore.Options{Prefix: "n:"})
+	b := redisstore.New(client, redisstore.Options{Prefix: "n:"})
+	other := redisstore.New(client, redisstore.Options{Prefix: "m:"})
+	count := func(s *redisstore.Store) int {
+		t.Helper()
+		n, err := s.CountChannels(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := count(a); n != 0 {
+		t.Fatalf("empty store counts %d", n)
+	}
+	for i, id := range []string{"c1", "c2", "c3"} {
+		if err := []*redisstore.Store{a, b, a}[i].Add(ctx, sessionpush.Record{ID: id, User: "alice"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := other.Add(ctx, sessionpush.Record{ID: "c9", User: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	if na, nb, no := count(a), count(b), count(other); na != 3 || nb != 3 || no != 1 {
+		t.Fatalf("counts a=%d b=%d other=%d, want 3 3 1", na, nb, no)
+	}
+	if _, err := b.Remove(ctx, "c2"); err != nil {
+		t.Fatal(err)
+	}
+	mgr, err := sessionpush.New(sessionpush.Config{Sessions: sessions.NewCookieStore(securecookie.GenerateRandomKey(32)), Store: a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := mgr.CountChannels(ctx); n != 2 || err != nil {
+		t.Fatalf("Manager.CountChannels = %d, %v; want 2", n, err)
+	}
+	if st := mgr.Stats(); st.OpenChannels != -1 {
+		t.Errorf("Stats().OpenChannels = %d; a Store that counts with I/O is not asked there", st.OpenChannels)
+	}
+	client.Close()
+	if _, err := a.CountChannels(ctx); err == nil || !strings.Contains(err.Error(), "redisstore: count channels") {
+		t.Errorf("CountChannels on a closed client: %v, want an error naming the operation", err)
+	}
+}
