@@ -493,7 +493,8 @@ func TestCrossSiteWebSocketRefused(t *testing.T) {
 
 // TestAnswersNotCacheable: the answers that carry or deny a channel ID
 // are kept out of shared caches (Cache-Control: no-store) and vary with the
-// cookie, so that no cache hands one session's channel to another.
+// cookie, so that no cache hands one session's channel to another; the
+// /subscribe answer is not to be sniffed as another type.
 func TestAnswersNotCacheable(t *testing.T) {
 	a, _ := newRecordedApp(t)
 	alice := a.browser().login("alice")
@@ -511,6 +512,9 @@ func TestAnswersNotCacheable(t *testing.T) {
 		}
 		if got.status == 200 && !slices.Contains(got.header.Values("Vary"), "Cookie") {
 			t.Errorf("%s: %v; want Vary: Cookie", name, got)
+		}
+		if got.status == 200 && strings.HasPrefix(name, "/subscribe") && got.header.Get("X-Content-Type-Options") != "nosniff" {
+			t.Errorf("%s: %v; want X-Content-Type-Options: nosniff", name, got)
 		}
 	}
 }

@@ -129,6 +129,7 @@ func (m *Manager) serveSubscribe(w http.ResponseWriter, r *http.Request) {
 	}
 	h := w.Header()
 	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
 	h.Add("Vary", "Cookie")
 	h.Add("Vary", "Accept")
 	if acceptsPlain(r.Header.Get("Accept")) {
