@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -30,10 +29,11 @@ import (
 // side is one relay of figures 3 to 5 with its listener farm.
 type side struct {
 	name    string
-	rel     relay.Relay        // the raw relay: hub.Hub or nchan.Client
-	counter *countingRelay     // around rel, for the Manager
-	http    *countingTransport // nchan only
-	addr    string             // host:port of the subscriber endpoint
+	rel     relay.Relay    // the raw relay: hub.Hub or nchan.Client
+	counter *countingRelay // around rel, for the Manager
+	nchan   *nchan.Client  // nchan only
+	sent    uint64         // its HTTP requests at the last reset
+	addr    string         // host:port of the subscriber endpoint
 	cpu     func() (time.Duration, error)
 	pid     int // the nginx worker (nchan only)
 	f       *farm.Farm
@@ -43,17 +43,23 @@ type side struct {
 // requests is what the relay was asked since the last reset: HTTP
 // requests for Nchan, relay calls for the embedded hub.
 func (s *side) requests() int64 {
-	if s.http != nil {
-		return s.http.get.Load() + s.http.post.Load() + s.http.other.Load()
+	if s.nchan != nil {
+		return int64(httpRequests(s.nchan) - s.sent)
 	}
 	return s.counter.calls()
 }
 
 func (s *side) reset() {
 	s.counter.reset()
-	if s.http != nil {
-		s.http.reset()
+	if s.nchan != nil {
+		s.sent = httpRequests(s.nchan)
 	}
+}
+
+// httpRequests is every HTTP request c has sent, retries included.
+func httpRequests(c *nchan.Client) uint64 {
+	r := c.Stats().Requests
+	return r.Get + r.Post + r.Put + r.Delete
 }
 
 // serveHub serves h's listeners under /sub/{channel} over real TCP.
@@ -86,26 +92,17 @@ func embeddedSide(t *testing.T) (*side, *hub.Hub) {
 func nchanSide(t *testing.T, n int) *side {
 	ngx := startNchan(t, n)
 	worker := ngx.WorkerPID()
-	ct := &countingTransport{RoundTripper: &http.Transport{
-		Proxy:               nil,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        128,
-		MaxIdleConnsPerHost: 128,
-		IdleConnTimeout:     60 * time.Second,
-		DisableCompression:  true,
-	}}
 	// ExistsTTL of an hour: Publish sends only its POST to the channels
 	// that Open created, so Nchan is measured at one request per message.
 	client, err := nchan.New(ngx.URL+"/pub/{channel}", nchan.Options{
-		HTTPClient: &http.Client{Transport: ct},
-		Logger:     slog.New(slog.DiscardHandler),
-		ExistsTTL:  time.Hour,
+		Logger:    slog.New(slog.DiscardHandler),
+		ExistsTTL: time.Hour,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(client.CloseIdleConnections) // before nginx's graceful stop
-	return &side{name: "nchan", rel: client, counter: &countingRelay{Relay: client}, http: ct, addr: ngx.Addr, pid: worker,
+	return &side{name: "nchan", rel: client, counter: &countingRelay{Relay: client}, nchan: client, addr: ngx.Addr, pid: worker,
 		cpu: func() (time.Duration, error) { return procCPU(worker) }}
 }
 
@@ -381,6 +378,9 @@ func fanoutFigures(t *testing.T, cfg suiteConfig, out *rows) {
 		for r := range cfg.runs + 1 {
 			for _, s := range []*side{em, nc} {
 				req, last := broadcastRound(t, s, mgrs[s], fmt.Sprintf("broadcast-fanout-%s-%d", s.name, r), n)
+				if req != int64(n) {
+					t.Errorf("%s: a per-channel Broadcast to %d channels made %d requests to the relay, want one each", s.name, n, req)
+				}
 				if r > 0 {
 					fanReq[s.name] = append(fanReq[s.name], float64(req))
 					fanLast[s.name] = append(fanLast[s.name], last)
@@ -454,12 +454,15 @@ func fanoutFigures(t *testing.T, cfg suiteConfig, out *rows) {
 			var lasts []time.Duration
 			for r := range cfg.runs + 1 {
 				req, last := broadcastRound(t, s, mgrs[s], fmt.Sprintf("broadcast-channel-%s-%d", s.name, r), n)
+				if req != 1 {
+					t.Errorf("%s: Broadcast on the broadcast channel made %d requests to the relay, want 1", s.name, req)
+				}
 				if r > 0 {
 					reqs, lasts = append(reqs, float64(req)), append(lasts, last)
 				}
 			}
 			what := "relay calls"
-			if s.http != nil {
+			if s.nchan != nil {
 				what = "HTTP requests"
 			}
 			out.add(row{fig: "5", measure: fmt.Sprintf("Broadcast to %d listeners: requests to the relay", n), note: what,

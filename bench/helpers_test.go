@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -67,38 +66,6 @@ func (c *countingRelay) reset() {
 
 func (c *countingRelay) calls() int64 {
 	return c.publish.Load() + c.open.Load() + c.info.Load() + c.close.Load()
-}
-
-// countingTransport counts HTTP requests by method.
-type countingTransport struct {
-	http.RoundTripper
-	get, post, other atomic.Int64
-}
-
-func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	switch r.Method {
-	case http.MethodGet:
-		c.get.Add(1)
-	case http.MethodPost:
-		c.post.Add(1)
-	default:
-		c.other.Add(1)
-	}
-	return c.RoundTripper.RoundTrip(r)
-}
-
-// CloseIdleConnections passes on to the transport, for
-// nchan.Client.CloseIdleConnections.
-func (c *countingTransport) CloseIdleConnections() {
-	if ci, ok := c.RoundTripper.(interface{ CloseIdleConnections() }); ok {
-		ci.CloseIdleConnections()
-	}
-}
-
-func (c *countingTransport) reset() {
-	c.get.Store(0)
-	c.post.Store(0)
-	c.other.Store(0)
 }
 
 // openAll opens ids on rel, 32 at a time, and returns their cursors.
