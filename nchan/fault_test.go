@@ -17,49 +17,11 @@ import (
 	"github.com/sessionpush/sessionpush/relaytest"
 )
 
-// faultConf is nchanConf's publisher and subscriber with a buffer of 100
-// messages, nginx's keepalive_requests set from {{.KeepaliveRequests}}, and
-// Nchan's Redis connect timeout at 500 ms (as in example/nginx/cluster),
-// so that Nchan finds a Redis back within a second.
-const faultConf = `{{template "main" .}}
-error_log error.log info;
-events { worker_connections 1024; }
-http {
-  access_log off;
-{{template "temp_paths"}}
-  nchan_shared_memory_size 32M;
-  keepalive_requests {{.KeepaliveRequests}};
-{{if .Redis}}
-  upstream nchan_redis {
-    nchan_redis_server redis://{{.Redis}};
-    nchan_redis_connect_timeout 500ms;
-  }
-{{end}}
-  server {
-    listen {{.Addr}};
-    location = /ready { return 204; }
-    location ~ ^/pub/([^/]+)$ {
-      nchan_publisher;
-      nchan_channel_id $1;
-      nchan_message_buffer_length 100;
-      {{if .Redis}}nchan_redis_pass nchan_redis;{{end}}
-    }
-    location ~ ^/sub/([^/]+)$ {
-      nchan_subscriber;
-      nchan_channel_id $1;
-      nchan_subscribe_existing_channels_only on;
-      {{if .Redis}}nchan_redis_pass nchan_redis;{{end}}
-    }
-  }
-}
-`
-
+// startFaultNchan starts nchanConf with a buffer of 100 messages and
+// nginx's keepalive_requests at keepaliveRequests.
 func startFaultNchan(t *testing.T, redisAddr string, keepaliveRequests int) *servers.Nginx {
 	t.Helper()
-	return servers.StartNginxWith(t, faultConf, servers.NginxOptions{
-		Vars:      map[string]any{"Redis": redisAddr, "KeepaliveRequests": keepaliveRequests},
-		ReadyPath: "/ready",
-	})
+	return startNchanWith(t, nchanVars{Redis: redisAddr, Buffer: 100, KeepaliveRequests: keepaliveRequests})
 }
 
 // nginx closing each connection after 5 requests (keepalive_requests 5)

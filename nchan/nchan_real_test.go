@@ -17,9 +17,12 @@ import (
 )
 
 // nchanConf is derived from shared/nchan-conf/nginx.conf: publisher at
-// /pub/<id> and /pub?id=, /pub_small/<id> with a 1 KiB body limit, the
-// subscriber at /sub/<id> for existing channels only. With a Redis address
-// every location uses that Redis.
+// /pub/<id> (buffering {{.Buffer}} messages) and /pub?id=, /pub_small/<id>
+// with a 1 KiB body limit, the subscriber at /sub/<id> for existing
+// channels only. With a Redis address every location uses that Redis, with
+// Nchan's connect timeout at 500 ms (as in example/nginx/cluster) so that
+// it finds a Redis back within a second; a KeepaliveRequests sets nginx's
+// keepalive_requests.
 const nchanConf = `{{template "main" .}}
 error_log error.log info;
 events { worker_connections 1024; }
@@ -28,8 +31,12 @@ http {
 {{template "temp_paths"}}
   nchan_shared_memory_size 32M;
   client_max_body_size 8m;
+  {{with .KeepaliveRequests}}keepalive_requests {{.}};{{end}}
 {{if .Redis}}
-  upstream nchan_redis { nchan_redis_server redis://{{.Redis}}; }
+  upstream nchan_redis {
+    nchan_redis_server redis://{{.Redis}};
+    nchan_redis_connect_timeout 500ms;
+  }
 {{end}}
   server {
     listen {{.Addr}};
@@ -37,7 +44,7 @@ http {
     location ~ ^/pub/([^/]+)$ {
       nchan_publisher;
       nchan_channel_id $1;
-      nchan_message_buffer_length 10;
+      nchan_message_buffer_length {{.Buffer}};
       {{if .Redis}}nchan_redis_pass nchan_redis;{{end}}
     }
     location = /pub {
@@ -61,10 +68,22 @@ http {
 }
 `
 
+// nchanVars are the settings of nchanConf.
+type nchanVars struct {
+	Redis             string // host:port of a Redis for every location; "" for none
+	Buffer            int    // nchan_message_buffer_length of /pub/<id>
+	KeepaliveRequests int    // nginx's keepalive_requests; 0 for nginx's default
+}
+
 func startNchan(t testing.TB, redisAddr string) *servers.Nginx {
 	t.Helper()
+	return startNchanWith(t, nchanVars{Redis: redisAddr, Buffer: 10})
+}
+
+func startNchanWith(t testing.TB, v nchanVars) *servers.Nginx {
+	t.Helper()
 	return servers.StartNginxWith(t, nchanConf, servers.NginxOptions{
-		Vars:      map[string]any{"Redis": redisAddr},
+		Vars:      map[string]any{"Redis": v.Redis, "Buffer": v.Buffer, "KeepaliveRequests": v.KeepaliveRequests},
 		ReadyPath: "/ready",
 	})
 }
