@@ -28,6 +28,20 @@ type stream struct {
 }
 
 // openStream connects to url as EventSource, checks the answer and its
+// dialEventSource opens a raw TCP connection to addr and sends an
+// EventSource request for ch on it; the test reads the answer itself. The
+// connection is closed at the end of the test.
+func dialEventSource(t testing.TB, addr string) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	fmt.Fprintf(conn, "GET /sub/%s HTTP/1.1\r\nHost: hub\r\nAccept: text/event-stream\r\n\r\n", ch)
+	return conn
+}
+
 // ": hi" comment, and closes the stream at cleanup.
 func openStream(t testing.TB, url string, header http.Header) *stream {
 	t.Helper()
@@ -210,13 +224,8 @@ func TestStalledListener(t *testing.T) {
 	run := func(t *testing.T, h *Hub, url string, until func(i int) bool) (stalled net.Conn) {
 		t.Helper()
 		mustOpen(t, h, ch)
-		stalled, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { stalled.Close() })
+		stalled = dialEventSource(t, strings.TrimPrefix(url, "http://"))
 		stalled.(*net.TCPConn).SetReadBuffer(4096)
-		fmt.Fprintf(stalled, "GET /sub/%s HTTP/1.1\r\nHost: hub\r\nAccept: text/event-stream\r\n\r\n", ch)
 		waitListeners(t, h, ch, 1)
 		s := openStream(t, url+"/sub/"+ch, nil)
 		for i := 0; !until(i); i++ {

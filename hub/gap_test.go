@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -202,12 +201,7 @@ func TestGapMidStream(t *testing.T) {
 	t.Run("eventsource", func(t *testing.T) {
 		h, srv := newTestHub(t, opts)
 		mustOpen(t, h, ch)
-		conn, err := net.Dial("tcp", srv.Listener.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		fmt.Fprintf(conn, "GET /sub/%s HTTP/1.1\r\nHost: hub\r\nAccept: text/event-stream\r\n\r\n", ch)
+		conn := dialEventSource(t, srv.Listener.Addr().String())
 		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 		if err != nil {
 			t.Fatal(err)

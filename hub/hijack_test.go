@@ -80,12 +80,7 @@ func waitChan(t *testing.T, c <-chan struct{}, what string) {
 func TestEventSourceHijacked(t *testing.T) {
 	h, srv, returned := serveWith(t, Options{}, func(w http.ResponseWriter) http.ResponseWriter { return &cookieWriter{w} })
 	mustOpen(t, h, ch)
-	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	fmt.Fprintf(conn, "GET /sub/%s HTTP/1.1\r\nHost: hub\r\nAccept: text/event-stream\r\n\r\n", ch)
+	conn := dialEventSource(t, srv.Listener.Addr().String())
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
