@@ -876,11 +876,13 @@ func position(r *http.Request, longPoll bool) (pos relay.MessageID, reason strin
 	if err != nil || t.Unix() < 0 {
 		return pos, "invalid If-Modified-Since"
 	}
-	tag, err := strconv.ParseUint(inm, 10, 63)
+	// The pair names the message "<second>:<tag>": one parser decides what a
+	// message ID is, wherever it comes from.
+	id, err := relay.ParseMessageID(strconv.FormatInt(t.Unix(), 10) + ":" + inm)
 	if err != nil {
 		return pos, "invalid If-None-Match"
 	}
-	return relay.MessageID{Time: t.Unix(), Tag: int64(tag)}, ""
+	return id, ""
 }
 
 func check(ctx context.Context, op, channel string) error {

@@ -411,6 +411,8 @@ func TestPosition(t *testing.T) {
 		{name: "junk INM", header: map[string]string{"If-Modified-Since": ims, "If-None-Match": "abc"}, longPoll: true, reason: true},
 		{name: "quoted INM", header: map[string]string{"If-Modified-Since": ims, "If-None-Match": `"1"`}, longPoll: true, reason: true},
 		{name: "multiplexed INM", header: map[string]string{"If-Modified-Since": ims, "If-None-Match": "1795742138:1,[0],-"}, longPoll: true, reason: true},
+		{name: "INM of 19 digits", header: map[string]string{"If-Modified-Since": ims, "If-None-Match": "1000000000000000000"}, longPoll: true, reason: true},
+		{name: "INM with a sign", header: map[string]string{"If-Modified-Since": ims, "If-None-Match": "+1"}, longPoll: true, reason: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -423,6 +425,30 @@ func TestPosition(t *testing.T) {
 				t.Errorf("position = %v, %q; want %v, reason %v", got, reason, tt.want, tt.reason)
 			}
 		})
+	}
+}
+
+// TestPositionAgreesWithParseMessageID holds every way a message ID enters
+// a listener's request to the one rule of [relay.ParseMessageID]: a tag is
+// taken from Last-Event-ID, last_event_id or If-None-Match exactly when
+// ParseMessageID takes it.
+func TestPositionAgreesWithParseMessageID(t *testing.T) {
+	const ims = "Thu, 01 Jan 2026 00:00:00 GMT" // 1767225600
+	tags := []string{"0", "7", "007", "999999999999999999", "1000000000000000000", "9223372036854775807",
+		"-1", "+1", " 1", "1 ", "1.0", "0x1", "1:2", "１", "a"}
+	for _, tag := range tags {
+		want, wantErr := relay.ParseMessageID("1767225600:" + tag)
+		entries := map[string]*http.Request{
+			"Last-Event-ID": {Header: http.Header{"Last-Event-Id": {"1767225600:" + tag}}, URL: &url.URL{}},
+			"last_event_id": {Header: http.Header{}, URL: &url.URL{RawQuery: "last_event_id=" + url.QueryEscape("1767225600:"+tag)}},
+			"If-None-Match": {Header: http.Header{"If-Modified-Since": {ims}, "If-None-Match": {tag}}, URL: &url.URL{}},
+		}
+		for name, r := range entries {
+			got, reason := position(r, true)
+			if (reason != "") != (wantErr != nil) || (wantErr == nil && got != want) {
+				t.Errorf("tag %q through %s: position %v, reason %q; ParseMessageID: %v, %v", tag, name, got, reason, want, wantErr)
+			}
+		}
 	}
 }
 

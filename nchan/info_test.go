@@ -120,3 +120,25 @@ func FuzzParseInfo(f *testing.F) {
 		}
 	})
 }
+
+// TestValidLastIDAgreesWithParseMessageID holds the last message ID that
+// Nchan reports to the one rule of [relay.ParseMessageID], with the one
+// exception Nchan needs: a negative tag.
+func TestValidLastIDAgreesWithParseMessageID(t *testing.T) {
+	for s, want := range map[string]bool{
+		"0:0": true, "1795749072:3": true, "1795749072:-30192": true,
+		"1795749072:999999999999999999": true, "1795749072:1000000000000000000": false,
+		"-1:0": false, "1:--1": false, "1:+1": false, "1: 1": false, ":1": false, "1:": false,
+		"1:2:3": false, "1:2,[0],-": false, "a:b": false, "": false,
+	} {
+		if got := validLastID(s); got != want {
+			t.Errorf("validLastID(%q) = %v, want %v", s, got, want)
+		}
+		if strings.Contains(s, ":-") {
+			continue // the exception
+		}
+		if _, err := relay.ParseMessageID(s); want != (err == nil) {
+			t.Errorf("ParseMessageID(%q) = %v, but validLastID takes it: %v", s, err, want)
+		}
+	}
+}
