@@ -1,0 +1,3 @@
+module fuzzcheck
+
+go 1.26
