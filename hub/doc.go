@@ -14,7 +14,10 @@
 // clock steps back. A channel keeps its newest messages for listeners that
 // connect or poll later, up to Options.BufferLength messages, each for
 // Options.MessageTTL; expired messages are never delivered and are dropped
-// lazily, so a Hub needs no background goroutine.
+// lazily, so a Hub needs no background goroutine. All buffers together hold
+// at most Options.MaxBufferedBytes (64 MiB by default): past it, the oldest
+// buffered messages of any channel are dropped first, so however many
+// channels publishers fill, the hub's memory stays bounded.
 //
 // # Transports
 //
@@ -84,8 +87,8 @@
 // The buffer is bounded, so a listener can miss messages: one that resumes
 // after a position older than the buffer, or one that falls behind while
 // its writes are slow and whose next messages are dropped meanwhile
-// (evicted by Options.BufferLength, expired by Options.MessageTTL, or never
-// buffered when BufferLength is negative). The hub tells such a listener,
+// (evicted by Options.BufferLength or Options.MaxBufferedBytes, expired by
+// Options.MessageTTL, or never buffered when BufferLength is negative). The hub tells such a listener,
 // just before the first message it gets after the gap, naming the position
 // P ("<sec>:<tag>") of the last message it had:
 //

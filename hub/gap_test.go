@@ -277,7 +277,7 @@ func TestGapMetaFrame(t *testing.T) {
 	var c chanState
 	c.stamp(m, time.Unix(100, 0))
 	pos := relay.MessageID{Time: 99, Tag: 3}
-	got := string(gapMetaFrame(m.metaFrame(), pos))
+	got := string(appendMetaFrame(nil, m, &pos))
 	want := "id: 100:0\ncontent-type: text/plain\ngap: 99:3\n\na\n\nb"
 	if got != want {
 		t.Errorf("got %q, want %q", got, want)

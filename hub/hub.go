@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/sessionpush/sessionpush/relay"
@@ -41,6 +40,17 @@ type Options struct {
 	// is answered 403. Zero means 10; negative means no cap.
 	// [Hub.SetMaxListeners] changes it for one open channel.
 	MaxListeners int
+
+	// MaxBufferedBytes caps the memory of all buffered messages, of all
+	// channels together: when a message takes the total above it, the
+	// oldest buffered messages, whatever their channel, are dropped until
+	// it fits, and listeners that had not had them get the gap signal (see
+	// ServeSubscriber) as for any dropped message. Each message counts its
+	// bytes as held (the body once, inside its EventSource event, or twice
+	// for a body with line breaks) and 256 bytes more. It bounds what
+	// publishers can make the hub hold, whatever the number of channels.
+	// Zero means 64 MiB; negative means no cap.
+	MaxBufferedBytes int64
 
 	// MaxMessageSize is the largest body, in bytes, that Publish accepts.
 	// Zero means 1 MiB (nginx's default client_max_body_size); negative
@@ -100,7 +110,8 @@ type Hub struct {
 
 	serving sync.WaitGroup // ServeSubscriber calls and hijacked streams in flight
 
-	stats counters
+	budget budget // every buffered message, for Options.MaxBufferedBytes
+	stats  counters
 
 	noHijack bool // tests: serve EventSource on the ResponseWriter, as before hijacking
 }
@@ -122,6 +133,9 @@ func New(opts Options) *Hub {
 	if opts.MaxMessageSize == 0 {
 		opts.MaxMessageSize = 1 << 20
 	}
+	if opts.MaxBufferedBytes == 0 {
+		opts.MaxBufferedBytes = 64 << 20
+	}
 	def(&opts.MessageTTL, time.Hour)
 	def(&opts.LongPollTimeout, 30*time.Second)
 	def(&opts.Heartbeat, 15*time.Second)
@@ -131,7 +145,7 @@ func New(opts Options) *Hub {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Hub{opts: opts, log: log, channels: make(map[string]*chanState)}
+	return &Hub{opts: opts, log: log, channels: make(map[string]*chanState), budget: budget{max: opts.MaxBufferedBytes}}
 }
 
 // Open creates channel, or keeps it if it is open, and returns a cursor: the
@@ -149,7 +163,7 @@ func (h *Hub) Open(ctx context.Context, channel string) (string, error) {
 	}
 	c := h.channels[channel]
 	if c == nil {
-		c = &chanState{wake: newWake(), maxListeners: h.opts.MaxListeners}
+		c = &chanState{wake: newWake(), maxListeners: h.opts.MaxListeners, budget: &h.budget}
 		h.channels[channel] = c
 		h.stats.channels.Add(1)
 	}
@@ -205,6 +219,7 @@ func (h *Hub) Publish(ctx context.Context, channel string, m relay.Message) (rel
 	c.stamp(msg, now)
 	if h.opts.BufferLength > 0 {
 		c.msgs = append(c.msgs, msg)
+		h.budget.add(c, msg)
 	} else {
 		c.dropped = msg.pos // never buffered
 	}
@@ -217,6 +232,7 @@ func (h *Hub) Publish(ctx context.Context, channel string, m relay.Message) (rel
 	c.parked = nil
 	receipt := relay.Receipt{ID: msg.id, Subscribers: c.listeners, Queued: len(c.msgs)}
 	c.mu.Unlock()
+	h.budget.evict()
 	h.stats.published.Add(1)
 	switch {
 	case len(parked) > inlineDispatch:
@@ -369,8 +385,9 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 //
 // A listener that resumes after a position P (not a fresh one, which starts
 // at the oldest buffered message) and whose next messages were dropped
-// before it got them (evicted by Options.BufferLength, expired by
-// Options.MessageTTL, or never buffered), either when it resumes or because
+// before it got them (evicted by Options.BufferLength or
+// Options.MaxBufferedBytes, expired by Options.MessageTTL, or never
+// buffered), either when it resumes or because
 // it fell that far behind, is told so before the first message after the
 // gap: EventSource gets an event named "gap" whose data is P
 // ("<sec>:<tag>", the last message it had) and that has no "id:" line, so
@@ -553,6 +570,7 @@ type chanState struct {
 	parked       []*hstream // idle hijacked streams, caught up; see hstream.slot
 	maxListeners int        // the cap of listeners; negative: none
 	requested    time.Time  // when a listener last connected; zero: never
+	budget       *budget    // the hub's, which counts msgs
 	modSec       int64      // the second of modStr, reused within a second
 	modStr       string
 }
@@ -612,6 +630,9 @@ func (c *chanState) prune(now time.Time, keep int) {
 	}
 	if drop > 0 {
 		c.dropped = c.msgs[drop-1].pos
+		for _, m := range c.msgs[:drop] {
+			c.budget.remove(m)
+		}
 		n := copy(c.msgs, c.msgs[drop:])
 		clear(c.msgs[n:])
 		c.msgs = c.msgs[:n]
@@ -677,6 +698,9 @@ func (c *chanState) close() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.closed = true
+	for _, m := range c.msgs {
+		c.budget.remove(m)
+	}
 	c.msgs = nil
 	close(c.wake.c)
 	for _, s := range c.parked {
@@ -686,8 +710,8 @@ func (c *chanState) close() {
 }
 
 // message is one published message with everything its listeners need,
-// computed once: at publish, but for the ws+meta.nchan frame, which the
-// first listener that needs it builds.
+// computed once, at publish; the ws+meta.nchan frame is built for each
+// write (see appendMetaFrame).
 type message struct {
 	pos         relay.MessageID
 	id          string // pos as "<unix-seconds>:<tag>"
@@ -699,30 +723,45 @@ type message struct {
 	frame       []byte    // the EventSource event: event, id and data lines, blank line
 	expires     time.Time // zero: never
 	eventLine   string    // "event: <name>\n", or empty
+	size        int64     // what it holds, for the hub's budget
 
-	// meta is the ws+meta.nchan frame, built by the first listener that
-	// needs it (see metaFrame), so that channels without such listeners
-	// do not pay for it.
-	meta atomic.Pointer[[]byte]
+	// Its place in the hub's budget list, guarded by budget.mu; ch is set
+	// once when it is buffered.
+	prev, next *message
+	ch         *chanState
+	linked     bool
 }
 
 // maxIDLine is the longest "id:" line of an EventSource event.
 const maxIDLine = len("id: 9223372036854775807:9223372036854775807\n")
 
-// newMessage copies m's body and prepares its EventSource data lines. One
-// allocation holds the body, then room for the event and id lines that stamp
-// writes (len(eventLine)+maxIDLine bytes), then the data lines.
+// newMessage copies m's body and prepares its EventSource data lines, in
+// one allocation: room for the event and id lines that stamp writes
+// (len(eventLine)+maxIDLine bytes), then the data lines. A body without
+// line breaks is one data line, and the message keeps it there, as a slice
+// of the frame; a body with line breaks is kept as sent too, before the
+// frame.
 func newMessage(m relay.Message) *message {
 	msg := &message{contentType: m.ContentType, length: strconv.Itoa(len(m.Body))}
 	if m.Event != "" {
 		msg.eventLine = "event: " + m.Event + "\n"
 	}
-	breaks := bytes.Count(m.Body, []byte{'\n'}) + bytes.Count(m.Body, []byte{'\r'})
 	dataAt := len(msg.eventLine) + maxIDLine
 	b := len(m.Body)
+	if bytes.IndexByte(m.Body, '\n') < 0 && bytes.IndexByte(m.Body, '\r') < 0 {
+		buf := make([]byte, dataAt, dataAt+len("data: ")+b+len("\n\n"))
+		buf = append(buf, "data: "...)
+		at := len(buf)
+		msg.frame = append(append(buf, m.Body...), "\n\n"...)
+		msg.body = msg.frame[at : at+b : at+b]
+		msg.size = int64(cap(buf)) + messageOverhead
+		return msg
+	}
+	breaks := bytes.Count(m.Body, []byte{'\n'}) + bytes.Count(m.Body, []byte{'\r'})
 	buf := make([]byte, b+dataAt, 2*b+dataAt+(breaks+1)*len("data: \n")+1)
 	msg.body = buf[:copy(buf, m.Body):b]
 	msg.frame = appendData(buf, m.Body)[b:]
+	msg.size = int64(cap(buf)) + messageOverhead
 	return msg
 }
 

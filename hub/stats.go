@@ -64,6 +64,13 @@ type Stats struct {
 	// Gaps counts the gap signals sent: listeners told that messages they
 	// had not had were dropped (see [Hub.ServeSubscriber]).
 	Gaps uint64
+	// BufferedBytes is the memory the buffered messages of all channels
+	// hold now, as Options.MaxBufferedBytes counts it.
+	BufferedBytes int64
+	// Evictions counts the buffered messages dropped to keep
+	// Options.MaxBufferedBytes, before their channel's buffer length or
+	// their time to live would have dropped them.
+	Evictions uint64
 	// Refused counts the listeners refused, by the HTTP status of the
 	// answer: 400, 403, 405, 503, and WebSocket handshakes refused by
 	// the WebSocket library. Nil when none was.
@@ -111,6 +118,8 @@ func (h *Hub) Stats() Stats {
 		WriteFailures:   c.writeFailed.Load(),
 		SlowDisconnects: c.slow.Load(),
 		Gaps:            c.gaps.Load(),
+		BufferedBytes:   h.budget.bytes.Load(),
+		Evictions:       h.budget.evictions.Load(),
 	}
 	c.refused.Range(func(k, v any) bool {
 		if s.Refused == nil {
@@ -123,10 +132,11 @@ func (h *Hub) Stats() Stats {
 }
 
 // RelayStats returns [Hub.Stats] as [relay.Stat]s, implementing
-// [relay.StatsReporter]: the gauges channels and listeners (labelled
-// transport=longpoll|eventsource|websocket), and the counters
-// messages_published_total, deliveries_total, write_failures_total,
-// slow_disconnects_total, gaps_total and listeners_refused_total (labelled
+// [relay.StatsReporter]: the gauges channels, listeners (labelled
+// transport=longpoll|eventsource|websocket) and buffered_bytes, and the
+// counters messages_published_total, deliveries_total,
+// write_failures_total, slow_disconnects_total, gaps_total,
+// buffer_evictions_total and listeners_refused_total (labelled
 // status=<HTTP status>, one per status seen).
 func (h *Hub) RelayStats() []relay.Stat {
 	s := h.Stats()
@@ -145,6 +155,8 @@ func (h *Hub) RelayStats() []relay.Stat {
 		relay.Stat{Name: "write_failures_total", Help: "Listeners dropped because a write to them failed.", Value: float64(s.WriteFailures)},
 		relay.Stat{Name: "slow_disconnects_total", Help: "Listeners disconnected because a write did not complete within the write timeout.", Value: float64(s.SlowDisconnects)},
 		relay.Stat{Name: "gaps_total", Help: "Gap signals sent to listeners that missed dropped messages.", Value: float64(s.Gaps)},
+		relay.Stat{Name: "buffered_bytes", Help: "Memory held by buffered messages, of all channels.", Gauge: true, Value: float64(s.BufferedBytes)},
+		relay.Stat{Name: "buffer_evictions_total", Help: "Buffered messages dropped, oldest first, to keep the memory budget.", Value: float64(s.Evictions)},
 	)
 	codes := make([]int, 0, len(s.Refused))
 	for code := range s.Refused {

@@ -1,11 +1,11 @@
 package hub
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 
 	"github.com/coder/websocket"
 
@@ -89,23 +89,38 @@ func (l *listener) webSocket(r *http.Request) error {
 
 // writeFrame sends m as one frame within Options.WriteTimeout: binary when
 // its Content-Type is application/octet-stream, else text; its body, or
-// with ws+meta.nchan its metaFrame. A write that times out closes the
-// connection.
+// with ws+meta.nchan its meta frame (see appendMetaFrame), built for this
+// write in a pooled buffer so that no message holds a second copy of its
+// body. A write that times out closes the connection.
 func (l *listener) writeFrame(ctx context.Context, conn *websocket.Conn, m *message, meta, gap bool) error {
 	typ, b := websocket.MessageText, m.body
 	if m.contentType == binaryType {
 		typ = websocket.MessageBinary
 	}
 	if meta {
-		b = m.metaFrame()
+		buf := metaBufs.Get().(*[]byte)
+		defer func() {
+			if cap(*buf) <= maxPooledFrame {
+				metaBufs.Put(buf)
+			}
+		}()
+		var after *relay.MessageID
 		if gap {
-			b = gapMetaFrame(b, l.pos)
+			after = &l.pos
 		}
+		b = appendMetaFrame((*buf)[:0], m, after)
+		*buf = b
 	}
 	ctx, cancel := l.bound(ctx)
 	defer cancel()
 	return conn.Write(ctx, typ, b)
 }
+
+// metaBufs holds the buffers that ws+meta.nchan frames are built in; one
+// that grew past maxPooledFrame is left to the garbage collector.
+var metaBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+const maxPooledFrame = 64 << 10
 
 // ping sends a ping and waits for the pong within Options.WriteTimeout; the
 // reading goroutine takes the pong.
@@ -123,39 +138,27 @@ func (l *listener) bound(ctx context.Context) (context.Context, context.CancelFu
 	return ctx, func() {}
 }
 
-// metaFrame returns m as a ws+meta.nchan frame: "id: <id>\n", then
-// "content-type: <type>\n" if m has one, a blank line and the body. The
-// first listener that needs it builds it; others that race it build the
-// same bytes, and all then share the one stored. CR and LF in the
+// appendMetaFrame appends m as a ws+meta.nchan frame: "id: <id>\n", then
+// "content-type: <type>\n" if m has one, then, when gap is not nil, the
+// hub's "gap: <gap>\n" line, a blank line and the body. CR and LF in the
 // Content-Type become spaces, as net/http writes them in headers, so that
 // it cannot add lines.
-func (m *message) metaFrame() []byte {
-	if f := m.meta.Load(); f != nil {
-		return *f
-	}
-	n := len("id: \ncontent-type: \n\n") + len(m.id) + len(m.contentType) + len(m.body)
-	f := append(append(make([]byte, 0, n), "id: "...), m.id...)
+func appendMetaFrame(dst []byte, m *message, gap *relay.MessageID) []byte {
+	dst = append(append(dst, "id: "...), m.id...)
 	if m.contentType != "" {
-		f = append(append(f, "\ncontent-type: "...), m.contentType...)
-		for i := len(f) - len(m.contentType); i < len(f); i++ {
-			if f[i] == '\r' || f[i] == '\n' {
-				f[i] = ' '
+		dst = append(dst, "\ncontent-type: "...)
+		at := len(dst)
+		dst = append(dst, m.contentType...)
+		for i := at; i < len(dst); i++ {
+			if dst[i] == '\r' || dst[i] == '\n' {
+				dst[i] = ' '
 			}
 		}
 	}
-	f = append(append(f, "\n\n"...), m.body...)
-	m.meta.CompareAndSwap(nil, &f)
-	return *m.meta.Load()
-}
-
-// gapMetaFrame returns the ws+meta.nchan frame f with a "gap: <pos>" line
-// after its other header lines.
-func gapMetaFrame(f []byte, pos relay.MessageID) []byte {
-	i := bytes.Index(f, []byte("\n\n")) + 1 // the header lines end there
-	p := pos.String()
-	g := make([]byte, 0, len(f)+len("gap: \n")+len(p))
-	g = append(append(append(append(g, f[:i]...), "gap: "...), p...), '\n')
-	return append(g, f[i:]...)
+	if gap != nil {
+		dst = append(append(dst, "\ngap: "...), gap.String()...)
+	}
+	return append(append(dst, "\n\n"...), m.body...)
 }
 
 // isWebSocket reports whether r asks to upgrade to WebSocket: Connection

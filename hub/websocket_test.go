@@ -664,50 +664,59 @@ func TestMetaFrame(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			m := newMessage(tt.msg)
 			(&chanState{}).stamp(m, time.Unix(7, 0))
-			if m.meta.Load() != nil {
-				t.Fatal("built before a listener asked")
+			if got := string(appendMetaFrame(nil, m, nil)); got != tt.want {
+				t.Errorf("frame %q, want %q", got, tt.want)
 			}
-			// Listeners race to build it; all get the same bytes.
-			frames := make([][]byte, 4)
-			var wg sync.WaitGroup
-			for i := range frames {
-				wg.Go(func() { frames[i] = m.metaFrame() })
-			}
-			wg.Wait()
-			for i, f := range frames {
-				if string(f) != tt.want {
-					t.Errorf("frame %q, want %q", f, tt.want)
-				}
-				if &f[0] != &frames[0][0] {
-					t.Errorf("listener %d got its own copy", i)
-				}
+			// Appending to a buffer in use keeps what it holds.
+			if got := string(appendMetaFrame([]byte("x"), m, nil)); got != "x"+tt.want {
+				t.Errorf("appended %q, want %q", got, "x"+tt.want)
 			}
 		})
 	}
 }
 
-// TestMetaFrameLazy checks that Publish leaves the ws+meta.nchan frame to
-// the listeners that need one.
-func TestMetaFrameLazy(t *testing.T) {
+// TestMessageHeldOnce checks that a message holds its body once: a body
+// without line breaks inside its EventSource event, and that serving it to
+// any transport does not keep another copy.
+func TestMessageHeldOnce(t *testing.T) {
 	h, srv := newTestHub(t, Options{Heartbeat: -1})
 	mustOpen(t, h, ch)
-	mustPublish(t, h, ch, text("a"))
+	body := strings.Repeat("x", 1000)
+	mustPublish(t, h, ch, text(body))
 	h.mu.RLock()
 	c := h.channels[ch]
 	h.mu.RUnlock()
 	c.mu.RLock()
 	m := c.msgs[0]
 	c.mu.RUnlock()
-	if m.meta.Load() != nil {
-		t.Fatal("Publish built the ws+meta.nchan frame")
+	if string(m.body) != body || !strings.Contains(string(m.frame), "data: "+body+"\n\n") {
+		t.Fatalf("body %d bytes, frame %q…", len(m.body), m.frame[:20])
+	}
+	// A megabyte body costs a megabyte, not two.
+	big := relay.Message{Body: bytes.Repeat([]byte("y"), 1<<20)}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const n = 8
+	for range n {
+		newMessage(big)
+	}
+	runtime.ReadMemStats(&after)
+	if per := (after.TotalAlloc - before.TotalAlloc) / n; per > 11<<20/10 { // large objects take whole pages
+		t.Errorf("a 1 MiB message allocates %d bytes", per)
+	}
+	if m.size > int64(len(body))+messageOverhead+int64(len("data: \n\n")+maxIDLine) {
+		t.Errorf("a %d-byte body counts %d bytes", len(body), m.size)
+	}
+	if got := h.Stats().BufferedBytes; got != m.size {
+		t.Errorf("BufferedBytes %d, want the message's %d", got, m.size)
 	}
 	readFrame(t, dialWS(t, wsURL(srv, ch), nil))
-	if m.meta.Load() != nil {
-		t.Error("a plain WebSocket listener built the ws+meta.nchan frame")
+	f := readFrame(t, dialWS(t, wsURL(srv, ch), &websocket.DialOptions{Subprotocols: []string{"ws+meta.nchan"}}))
+	if want := "id: " + m.id + "\n\n" + body; f.data != want {
+		t.Errorf("ws+meta.nchan frame %q…", f.data[:20])
 	}
-	readFrame(t, dialWS(t, wsURL(srv, ch), &websocket.DialOptions{Subprotocols: []string{"ws+meta.nchan"}}))
-	if m.meta.Load() == nil {
-		t.Error("a ws+meta.nchan listener did not keep its frame")
+	if got := h.Stats().BufferedBytes; got != m.size {
+		t.Errorf("after WebSocket listeners: BufferedBytes %d, want %d", got, m.size)
 	}
 }
 
