@@ -31,9 +31,12 @@
 // Last-Event-ID header, the last_event_id query parameter (the one browsers
 // can set on a WebSocket), and (long-poll only) the If-Modified-Since and
 // If-None-Match pair, which carry a message's Last-Modified (its second) and
-// Etag (its tag). Without one it starts at the oldest buffered message; a
-// position older than the buffer also starts there, and a position in the
-// future waits. Every buffered message after the position is delivered
+// Etag (its tag). Without one it gets the messages published after it
+// came, as Nchan does with "nchan_subscriber_first_message newest": a new
+// page must not replay old notifications, and a listener that must miss
+// nothing since a moment passes the cursor of that moment. A position
+// older than the buffer starts at the oldest buffered message, and a
+// position in the future waits. Every buffered message after the position is delivered
 // once, in order. An unparseable position is answered 400; If-None-Match
 // alone counts as no position, If-Modified-Since alone is an error, as on
 // Nchan. The cursor that [Hub.Open] returns is such a position.

@@ -136,7 +136,7 @@ func TestEventSource(t *testing.T) {
 	for _, m := range msgs[:2] {
 		ids = append(ids, mustPublish(t, h, ch, m).ID)
 	}
-	s := openStream(t, url, nil)
+	s := openStream(t, url, http.Header{"Last-Event-Id": {relay.NoCursor}})
 	checkCommonHeaders(t, s.resp.Header, false)
 	for _, m := range msgs[2:] {
 		ids = append(ids, mustPublish(t, h, ch, m).ID)

@@ -14,8 +14,10 @@ import (
 	"github.com/sessionpush/sessionpush/relay"
 )
 
-// A long-poll listener walks a channel with If-Modified-Since and
-// If-None-Match, the Last-Modified and Etag of the message it got.
+// A long-poll listener starts from the cursor that Open returned (without a
+// position it would wait for the next message), then walks the channel with
+// If-Modified-Since and If-None-Match, the Last-Modified and Etag of the
+// message it got.
 func Example() {
 	ctx := context.Background()
 	h := hub.New(hub.Options{})
@@ -36,6 +38,7 @@ func Example() {
 	h.Publish(ctx, channel, relay.Message{Body: []byte("world")})
 
 	req, _ := http.NewRequest("GET", srv.URL+"/sub/"+channel, nil)
+	req.Header.Set("Last-Event-ID", cursor)
 	for range 2 {
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -45,6 +48,7 @@ func Example() {
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		fmt.Printf("%d %s %q\n", resp.StatusCode, body, resp.Header.Get("Content-Type"))
+		req.Header.Del("Last-Event-ID")
 		req.Header.Set("If-Modified-Since", resp.Header.Get("Last-Modified"))
 		req.Header.Set("If-None-Match", resp.Header.Get("Etag"))
 	}

@@ -65,7 +65,7 @@ func TestGapResume(t *testing.T) {
 		if n := h.Stats().Gaps - before; n != 1 {
 			t.Errorf("%d gaps counted, want 1", n)
 		}
-		for _, from := range []string{"", ids[2]} { // fresh, and just before the buffer
+		for _, from := range []string{relay.NoCursor, ids[2]} { // the empty channel's cursor, and just before the buffer
 			s := openStream(t, url, http.Header{"Last-Event-Id": {from}})
 			if ev := s.next(t); ev.id != ids[3] {
 				t.Errorf("from %q: got %+v, want %s", from, ev, ids[3])
@@ -78,7 +78,7 @@ func TestGapResume(t *testing.T) {
 		if a.code != 200 || a.body != "m3" || a.header.Get("X-Gap") != ids[0] {
 			t.Errorf("got %d %q X-Gap %q, want m3 with X-Gap %s", a.code, a.body, a.header.Get("X-Gap"), ids[0])
 		}
-		for _, from := range []string{"", ids[2], ids[3]} {
+		for _, from := range []string{relay.NoCursor, ids[2], ids[3]} {
 			a := get(http.DefaultClient, "GET", url, http.Header{"Last-Event-Id": {from}})
 			if a.code != 200 || a.header.Values("X-Gap") != nil {
 				t.Errorf("from %q: got %d %q X-Gap %q, want no gap", from, a.code, a.body, a.header.Get("X-Gap"))

@@ -383,11 +383,11 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 // http.Server.Shutdown does not wait for a hijacked one (the connection is
 // no longer the server's), nor does the request's context follow it.
 //
-// A listener that resumes after a position P (not a fresh one, which starts
-// at the oldest buffered message) and whose next messages were dropped
-// before it got them (evicted by Options.BufferLength or
-// Options.MaxBufferedBytes, expired by Options.MessageTTL, or never
-// buffered), either when it resumes or because
+// A listener without a position gets the messages published after it came
+// (see the package documentation). A listener that resumes after a
+// position P and whose next messages were dropped before it got them
+// (evicted by Options.BufferLength or Options.MaxBufferedBytes, expired by
+// Options.MessageTTL, or never buffered), either when it resumes or because
 // it fell that far behind, is told so before the first message after the
 // gap: EventSource gets an event named "gap" whose data is P
 // ("<sec>:<tag>", the last message it had) and that has no "id:" line, so
@@ -433,12 +433,12 @@ func (h *Hub) ServeSubscriber(w http.ResponseWriter, r *http.Request, channel st
 		h.refuse(w, http.StatusBadRequest, "invalid channel id")
 		return
 	}
-	pos, reason := position(r, longPoll)
+	pos, given, reason := position(r, longPoll)
 	if reason != "" {
 		h.refuse(w, http.StatusBadRequest, reason)
 		return
 	}
-	c := h.join(channel, tr)
+	c := h.join(channel, tr, &pos, given)
 	if c == nil {
 		h.refuse(w, http.StatusForbidden, "")
 		return
@@ -519,8 +519,10 @@ func (h *Hub) enter() bool {
 }
 
 // join registers a listener on the named channel, or returns nil if the
-// channel is not open or is full.
-func (h *Hub) join(name string, tr transport) *chanState {
+// channel is not open or is full. A listener that gave no position gets
+// the newest message's as *pos, the moment it is counted: it gets the
+// messages published after that, not the buffer.
+func (h *Hub) join(name string, tr transport, pos *relay.MessageID, given bool) *chanState {
 	h.mu.RLock()
 	c := h.channels[name]
 	h.mu.RUnlock()
@@ -534,6 +536,9 @@ func (h *Hub) join(name string, tr transport) *chanState {
 	}
 	c.listeners++
 	c.requested = time.Now()
+	if !given {
+		*pos = c.last
+	}
 	h.stats.listeners[tr].Add(1)
 	return c
 }
@@ -885,43 +890,43 @@ func acceptsEventStream(r *http.Request) bool {
 
 // position returns where a listener resumes: after the ID in the
 // Last-Event-ID header, else in the last_event_id query parameter, else (for
-// long-poll) after the message named by If-Modified-Since and If-None-Match,
-// else before everything (the zero ID). An empty value counts as absent, as
-// does If-None-Match alone. reason is non-empty when the request names a
-// position that does not parse.
-func position(r *http.Request, longPoll bool) (pos relay.MessageID, reason string) {
+// long-poll) after the message named by If-Modified-Since and If-None-Match.
+// given is false when the request names none: an empty value counts as
+// absent, as does If-None-Match alone. reason is non-empty when the request
+// names a position that does not parse.
+func position(r *http.Request, longPoll bool) (pos relay.MessageID, given bool, reason string) {
 	if s := r.Header.Get("Last-Event-ID"); s != "" {
 		id, err := relay.ParseMessageID(s)
 		if err != nil {
-			return pos, "invalid Last-Event-ID"
+			return pos, false, "invalid Last-Event-ID"
 		}
-		return id, ""
+		return id, true, ""
 	}
 	if s := r.URL.Query().Get("last_event_id"); s != "" {
 		id, err := relay.ParseMessageID(s)
 		if err != nil {
-			return pos, "invalid last_event_id"
+			return pos, false, "invalid last_event_id"
 		}
-		return id, ""
+		return id, true, ""
 	}
 	ims, inm := r.Header.Get("If-Modified-Since"), r.Header.Get("If-None-Match")
 	if !longPoll || ims == "" {
-		return pos, ""
+		return pos, false, ""
 	}
 	if inm == "" {
-		return pos, "If-Modified-Since without If-None-Match"
+		return pos, false, "If-Modified-Since without If-None-Match"
 	}
 	t, err := http.ParseTime(ims)
 	if err != nil || t.Unix() < 0 {
-		return pos, "invalid If-Modified-Since"
+		return pos, false, "invalid If-Modified-Since"
 	}
 	// The pair names the message "<second>:<tag>": one parser decides what a
 	// message ID is, wherever it comes from.
 	id, err := relay.ParseMessageID(strconv.FormatInt(t.Unix(), 10) + ":" + inm)
 	if err != nil {
-		return pos, "invalid If-None-Match"
+		return pos, false, "invalid If-None-Match"
 	}
-	return id, ""
+	return id, true, ""
 }
 
 func check(ctx context.Context, op, channel string) error {

@@ -320,7 +320,7 @@ func TestBuffer(t *testing.T) {
 		if last.Queued != 3 || mustInfo(t, h, ch).Messages != 3 {
 			t.Errorf("queued %d, want 3", last.Queued)
 		}
-		if code, body := poll(t, h, nil); code != 200 || body != "2" {
+		if code, body := poll(t, h, http.Header{"Last-Event-Id": {relay.NoCursor}}); code != 200 || body != "2" {
 			t.Errorf("oldest buffered: %d %q, want 200 \"2\"", code, body)
 		}
 	})
@@ -355,7 +355,7 @@ func TestBuffer(t *testing.T) {
 			time.Sleep(30 * time.Minute)
 			mustPublish(t, h, ch, text("new"))
 			time.Sleep(31 * time.Minute) // "old" has expired, "new" has not
-			if code, body := poll(t, h, nil); code != 200 || body != "new" {
+			if code, body := poll(t, h, http.Header{"Last-Event-Id": {relay.NoCursor}}); code != 200 || body != "new" {
 				t.Errorf("after the first expiry: %d %q, want 200 \"new\"", code, body)
 			}
 			if n := mustInfo(t, h, ch).Messages; n != 1 {
@@ -420,9 +420,9 @@ func TestPosition(t *testing.T) {
 			for k, v := range tt.header {
 				r.Header.Set(k, v)
 			}
-			got, reason := position(r, tt.longPoll)
-			if (reason != "") != tt.reason || got != tt.want {
-				t.Errorf("position = %v, %q; want %v, reason %v", got, reason, tt.want, tt.reason)
+			got, given, reason := position(r, tt.longPoll)
+			if (reason != "") != tt.reason || got != tt.want || given != (!tt.reason && tt.want != relay.MessageID{}) {
+				t.Errorf("position = %v, %v, %q; want %v, reason %v", got, given, reason, tt.want, tt.reason)
 			}
 		})
 	}
@@ -444,8 +444,8 @@ func TestPositionAgreesWithParseMessageID(t *testing.T) {
 			"If-None-Match": {Header: http.Header{"If-Modified-Since": {ims}, "If-None-Match": {tag}}, URL: &url.URL{}},
 		}
 		for name, r := range entries {
-			got, reason := position(r, true)
-			if (reason != "") != (wantErr != nil) || (wantErr == nil && got != want) {
+			got, given, reason := position(r, true)
+			if given != (wantErr == nil) || (reason != "") != (wantErr != nil) || (wantErr == nil && got != want) {
 				t.Errorf("tag %q through %s: position %v, reason %q; ParseMessageID: %v, %v", tag, name, got, reason, want, wantErr)
 			}
 		}
@@ -465,12 +465,15 @@ func FuzzPosition(f *testing.F) {
 			Header: http.Header{"Last-Event-Id": {lastEventID}, "If-Modified-Since": {ims}, "If-None-Match": {inm}},
 			URL:    &url.URL{RawQuery: "last_event_id=" + url.QueryEscape(query)},
 		}
-		pos, reason := position(r, longPoll)
+		pos, given, reason := position(r, longPoll)
 		if reason != "" {
-			if pos != (relay.MessageID{}) {
-				t.Errorf("position %v with reason %q", pos, reason)
+			if pos != (relay.MessageID{}) || given {
+				t.Errorf("position %v (given %v) with reason %q", pos, given, reason)
 			}
 			return
+		}
+		if !given && pos != (relay.MessageID{}) {
+			t.Errorf("position %v not given", pos)
 		}
 		if pos.Time < 0 || pos.Tag < 0 {
 			t.Errorf("negative position %v", pos)

@@ -189,7 +189,7 @@ func TestWebSocketResume(t *testing.T) {
 		header http.Header
 		want   string // the first frame
 	}{
-		{"none: from the oldest", url, nil, "first"},
+		{"the empty channel's cursor: from the oldest", url, http.Header{"Last-Event-Id": {relay.NoCursor}}, "first"},
 		{"Last-Event-ID", url, http.Header{"Last-Event-Id": {first.ID}}, "second"},
 		{"query", url + "?last_event_id=" + first.ID, nil, "second"},
 		{"cursor from Open", url + "?last_event_id=" + cursor, nil, "second"},
@@ -710,8 +710,9 @@ func TestMessageHeldOnce(t *testing.T) {
 	if got := h.Stats().BufferedBytes; got != m.size {
 		t.Errorf("BufferedBytes %d, want the message's %d", got, m.size)
 	}
-	readFrame(t, dialWS(t, wsURL(srv, ch), nil))
-	f := readFrame(t, dialWS(t, wsURL(srv, ch), &websocket.DialOptions{Subprotocols: []string{"ws+meta.nchan"}}))
+	from := http.Header{"Last-Event-Id": {relay.NoCursor}}
+	readFrame(t, dialWS(t, wsURL(srv, ch), &websocket.DialOptions{HTTPHeader: from}))
+	f := readFrame(t, dialWS(t, wsURL(srv, ch), &websocket.DialOptions{HTTPHeader: from, Subprotocols: []string{"ws+meta.nchan"}}))
 	if want := "id: " + m.id + "\n\n" + body; f.data != want {
 		t.Errorf("ws+meta.nchan frame %q…", f.data[:20])
 	}

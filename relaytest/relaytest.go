@@ -15,6 +15,11 @@
 //   - EventSource: "id:" per message, the event name when there is one,
 //     resume after an id by Last-Event-ID and by ?last_event_id= (the
 //     cursor);
+//   - a listener without a position (no Last-Event-ID, last_event_id or
+//     If-Modified-Since) gets the messages published after it came, not
+//     the buffer, on EventSource and long-poll alike: Nchan's
+//     "nchan_subscriber_first_message newest", which the embedded relay
+//     follows;
 //   - refusals: 403 for a channel that was never opened, for a session
 //     that does not own the channel, and over the listener cap;
 //   - Close: a waiting long-poll gets 410, an EventSource stream ends.
@@ -81,6 +86,7 @@ func Run(t *testing.T, target Target) {
 		{"SizeLimit", s.sizeLimit},
 		{"LongPollWalk", s.longPollWalk},
 		{"EventSourceResume", s.eventSourceResume},
+		{"NoPositionWaitsForNext", s.noPosition},
 		{"Unopened403", s.unopened},
 		{"NotOwner403", s.notOwner},
 		{"OverCap403", s.overCap},
@@ -350,6 +356,56 @@ func (s *suite) eventSourceResume(t *testing.T) {
 	if ev, _ := ReadEvent(r2); ev.Data != "four" {
 		t.Fatalf("live event: %+v", ev)
 	}
+}
+
+// noPosition checks that a listener without a position skips what is
+// buffered: two messages are, then a listener connects without one, and
+// the first message it gets is the third, published once it is counted.
+func (s *suite) noPosition(t *testing.T) {
+	t.Run("EventSource", func(t *testing.T) {
+		sess := s.NewSession(t)
+		s.publish(t, sess.Channel, "old1", "")
+		s.publish(t, sess.Channel, "old2", "")
+		r, code := s.stream(t, sess, sess.URL)
+		if code != 200 {
+			t.Fatalf("EventSource without a position: %d", code)
+		}
+		s.waitListeners(t, sess.Channel, 1)
+		rc := s.publish(t, sess.Channel, "new", "")
+		if ev, ok := ReadEvent(r); !ok || ev.Data != "new" || ev.ID != rc.ID {
+			t.Fatalf("EventSource without a position got %+v first, want the message published after it came (%s)", ev, rc.ID)
+		}
+	})
+	t.Run("LongPoll", func(t *testing.T) {
+		sess := s.NewSession(t)
+		s.publish(t, sess.Channel, "old1", "")
+		s.publish(t, sess.Channel, "old2", "")
+		done := make(chan string, 1)
+		go func() {
+			code, body, _ := s.poll(t, sess)
+			done <- fmt.Sprint(code, " ", body)
+		}()
+		// Until the listener is counted, an answer is one from the buffer.
+		deadline := time.Now().Add(s.Timeout)
+		for {
+			select {
+			case r := <-done:
+				t.Fatalf("long-poll without a position got %q before any new message, want it to wait", r)
+			default:
+			}
+			if info, err := s.Relay.Info(context.Background(), sess.Channel); err == nil && info.Subscribers >= 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the long-poll without a position was never counted as a listener")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		s.publish(t, sess.Channel, "new", "")
+		if r := <-done; r != "200 new" {
+			t.Fatalf("long-poll without a position got %q, want the message published after it came", r)
+		}
+	})
 }
 
 func withQuery(url, k, v string) string {

@@ -10,6 +10,9 @@ import (
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"os/exec"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -20,6 +23,7 @@ import (
 	"github.com/sessionpush/sessionpush"
 	"github.com/sessionpush/sessionpush/internal/servers"
 	"github.com/sessionpush/sessionpush/nchan"
+	"github.com/sessionpush/sessionpush/relay"
 	"github.com/sessionpush/sessionpush/relaytest"
 )
 
@@ -106,13 +110,21 @@ func (s *signer) unopened(t testing.TB) relaytest.Session {
 	return relaytest.Session{Client: c, Channel: string(id), URL: s.base + "/sub/" + string(id)}
 }
 
-func TestEmbedded(t *testing.T) {
+func TestEmbedded(t *testing.T) { runEmbedded(t, nil) }
+
+// runEmbedded runs the suite on the embedded relay, its application wrapped
+// by wrap when not nil.
+func runEmbedded(t *testing.T, wrap func(http.Handler) http.Handler) {
 	store := newStore()
 	mgr, err := sessionpush.New(sessionpush.Config{Sessions: store, MaxListeners: maxListeners, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(newApp(mgr, store))
+	app := newApp(mgr, store)
+	if wrap != nil {
+		app = wrap(app)
+	}
+	srv := httptest.NewServer(app)
 	t.Cleanup(func() {
 		mgr.Shutdown(context.Background())
 		srv.Close()
@@ -125,6 +137,48 @@ func TestEmbedded(t *testing.T) {
 		MaxListeners:   maxListeners,
 		MaxMessageSize: maxSize,
 	})
+}
+
+// TestSuiteCatchesReplay proves that the suite holds a relay to the rule
+// for listeners without a position: the embedded relay behind a wrapper
+// that makes such listeners replay the buffer (as Nchan does with
+// "nchan_subscriber_first_message oldest") must fail exactly that check.
+// The failing run is a child process, so that its failures are its own.
+func TestSuiteCatchesReplay(t *testing.T) {
+	if os.Getenv("RELAYTEST_REPLAYING_TARGET") != "" {
+		runEmbedded(t, func(next http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if strings.HasPrefix(r.URL.Path, "/sub/") && r.Header.Get("Last-Event-ID") == "" &&
+					r.URL.Query().Get("last_event_id") == "" && r.Header.Get("If-Modified-Since") == "" {
+					r.Header.Set("Last-Event-ID", relay.NoCursor) // from the oldest buffered message
+				}
+				next.ServeHTTP(w, r)
+			})
+		})
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestSuiteCatchesReplay$", "-test.v", "-test.count=1")
+	cmd.Env = append(os.Environ(), "RELAYTEST_REPLAYING_TARGET=1")
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("the suite passed a relay that replays the buffer to listeners without a position:\n%s", out)
+	}
+	var failed []string
+	for line := range strings.SplitSeq(string(out), "\n") {
+		if _, name, ok := strings.Cut(line, "--- FAIL: "); ok {
+			failed = append(failed, strings.Fields(name)[0])
+		}
+	}
+	slices.Sort(failed)
+	want := []string{
+		"TestSuiteCatchesReplay",
+		"TestSuiteCatchesReplay/NoPositionWaitsForNext",
+		"TestSuiteCatchesReplay/NoPositionWaitsForNext/EventSource",
+		"TestSuiteCatchesReplay/NoPositionWaitsForNext/LongPoll",
+	}
+	if !slices.Equal(failed, want) {
+		t.Errorf("failed checks %q, want %q; output:\n%s", failed, want, out)
+	}
 }
 
 // nchanConf puts the application and Nchan on one origin: nginx proxies the
