@@ -4,6 +4,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Every test runs for each relay (embedded, nchan) and transport
@@ -233,4 +234,53 @@ func TestBroadcastChannel(t *testing.T) {
 		alice.screenshot("alice")
 		bob.screenshot("bob")
 	})
+}
+
+// TestHTTPS: one pass of the page over HTTPS with HTTP/2 (the example's
+// -tls-self-signed; Chromium ignores certificate errors), on the embedded
+// relay, for every transport (WebSocket upgrades over HTTP/1.1: net/http
+// does not offer WebSocket over HTTP/2). After more than twice the relay's
+// -write-timeout of silence, the page is still listening without having
+// reconnected (its state line never changed) and the next push shows up,
+// once.
+func TestHTTPS(t *testing.T) {
+	needBrowser(t)
+	const writeTimeout = 300 * time.Millisecond
+	for _, transport := range transports {
+		t.Run(transport, func(t *testing.T) {
+			s := startSite(t, "embedded", "", "-tls-self-signed", "-secure", "-write-timeout", writeTimeout.String())
+			if !strings.HasPrefix(s.URL, "https://") {
+				t.Fatalf("site at %s, want https", s.URL)
+			}
+			alice := newPerson(t, "alice")
+			alice.open(s.URL, transport)
+			alice.signIn("alice")
+			channel := alice.listening(transport)
+			if proto := alice.eval(`performance.getEntriesByType('navigation')[0].nextHopProtocol`); proto != "h2" {
+				t.Errorf("the page came over %q, want h2", proto)
+			}
+			alice.push("before")
+			alice.expectMessages("push from alice: before")
+
+			alice.eval(`(() => {
+				window.stateChanges = 0;
+				new MutationObserver(() => window.stateChanges++).observe(document.getElementById('state'),
+					{childList: true, characterData: true, subtree: true});
+				return '';
+			})()`)
+			time.Sleep(3 * writeTimeout) // the silence under test, not a synchronisation
+			if n := alice.eval(`String(window.stateChanges)`); n != "0" {
+				t.Errorf("the state line changed %s times during the silence (now %q); want no reconnection", n, alice.text("state"))
+			}
+			alice.push("after the silence")
+			alice.expectMessages("push from alice: before", "push from alice: after the silence")
+			if c := alice.listening(transport); c != channel {
+				t.Errorf("listening on %s, want %s", c, channel)
+			}
+			if n := alice.eval(`String(window.stateChanges)`); n != "0" {
+				t.Errorf("the state line changed %s times (now %q); want no reconnection", n, alice.text("state"))
+			}
+			alice.screenshot("")
+		})
+	}
 }

@@ -64,6 +64,9 @@ func run(m *testing.M) int {
 			chromedp.DisableGPU,
 			chromedp.Flag("disable-quic", true),
 			chromedp.Flag("disable-component-update", true),
+			// The HTTPS pass serves a self-signed certificate; no
+			// other test uses TLS.
+			chromedp.Flag("ignore-certificate-errors", true),
 			chromedp.WindowSize(900, 700),
 			// and a fresh --user-data-dir, which chromedp makes and removes
 		)...)

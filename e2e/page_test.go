@@ -268,3 +268,13 @@ func jsString(s string) string {
 	b, _ := json.Marshal(s)
 	return string(b)
 }
+
+// eval evaluates the JavaScript expression js, a string, in the page.
+func (p *page) eval(js string) string {
+	p.t.Helper()
+	s, err := chromedp.Run(p.ctx, chromedp.Evaluate[string](js))
+	if err != nil {
+		p.fail("evaluating %.60q: %v", js, err)
+	}
+	return s
+}

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -60,7 +61,7 @@ func startSite(t *testing.T, relay, origin string, args ...string) *site {
 	switch relay {
 	case "embedded":
 		s.app = startApp(t, fmt.Sprintf("127.0.0.1:%d", servers.FreePort(t)), keyArg...)
-		s.URL = "http://" + s.app.addr
+		s.URL = s.app.scheme() + "://" + s.app.addr
 	case "nchan":
 		s.nginx = servers.StartNginxWith(t, nginxConf(t, origin), servers.NginxOptions{ReadyPath: "/pub/" + newUUID()})
 		t.Cleanup(func() {
@@ -160,6 +161,17 @@ func startApp(t *testing.T, addr string, args ...string) *app {
 	return a
 }
 
+// scheme is "https" when the program serves HTTPS (-tls-self-signed),
+// else "http".
+func (a *app) scheme() string {
+	for _, arg := range a.args {
+		if arg == "-tls-self-signed" {
+			return "https"
+		}
+	}
+	return "http"
+}
+
 // start starts the program and waits until it serves.
 func (a *app) start() {
 	a.t.Helper()
@@ -177,7 +189,7 @@ func (a *app) start() {
 		a.err = cmd.Wait()
 		close(a.exited)
 	}()
-	waitHTTP(a.t, "http://"+a.addr+"/client.js", a.exited)
+	waitHTTP(a.t, a.scheme()+"://"+a.addr+"/client.js", a.exited)
 }
 
 // stop stops the program with SIGINT, as Ctrl-C does, and waits for it: it
@@ -205,10 +217,12 @@ func (a *app) stop() {
 }
 
 // waitHTTP polls url until it answers 200, for up to 10 s, or until exited
-// is closed (the process serving it ended).
+// is closed (the process serving it ended). Over https it takes any
+// certificate: the program's is self-signed.
 func waitHTTP(t *testing.T, url string, exited <-chan struct{}) {
 	t.Helper()
-	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	var last string
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		resp, err := client.Get(url)

@@ -4,6 +4,11 @@
 //
 //	go run ./example                        # then open http://127.0.0.1:8080
 //	go run ./example -addr 127.0.0.1:9000 -debug
+//	go run ./example -tls-self-signed -secure  # then open https://127.0.0.1:8080
+//
+// With -tls-cert and -tls-key, or -tls-self-signed (a certificate for
+// 127.0.0.1 and localhost made in memory at start, which browsers warn
+// about), it serves HTTPS, with HTTP/2.
 //
 // It uses the embedded relay, unless -publish-url names an Nchan publisher:
 // then it publishes there and nginx serves the listeners. nginx/nginx.conf
@@ -56,6 +61,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sessionpush/sessionpush"
+	"github.com/sessionpush/sessionpush/hub"
 	"github.com/sessionpush/sessionpush/nchan"
 	"github.com/sessionpush/sessionpush/redisstore"
 )
@@ -106,10 +112,22 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	// the location for sessionpush.SuggestedBroadcastChannel.
 	broadcastChannel := fs.String("broadcast-channel", "", "also open the broadcast channel with this `id` (a lower-case UUIDv4, e.g. "+sessionpush.SuggestedBroadcastChannel+") to every signed-in session, and broadcast with one publish to it")
 	sessionKey := fs.String("session-key", "", "sign session cookies with this `key` of 64 hex digits, so that sessions survive a restart (default $"+sessionKeyEnv+", else a random key)")
+	tlsCert := fs.String("tls-cert", "", "serve HTTPS (and HTTP/2) with the certificate chain in this PEM `file`; needs -tls-key")
+	tlsKey := fs.String("tls-key", "", "the private key of -tls-cert, a PEM `file`")
+	selfSigned := fs.Bool("tls-self-signed", false, "serve HTTPS (and HTTP/2) with a self-signed certificate for 127.0.0.1 and localhost, made in memory at start")
+	// hub.Options.WriteTimeout of the embedded relay; zero: its default.
+	writeTimeout := fs.Duration("write-timeout", 0, "bound each write to a listener of the embedded relay by this `duration` (default 10s)")
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 		return nil
 	} else if err != nil {
 		return err
+	}
+	tlsConfig, err := serverTLS(*tlsCert, *tlsKey, *selfSigned)
+	if err != nil {
+		return err
+	}
+	if *writeTimeout < 0 {
+		return errors.New("-write-timeout must not be negative")
 	}
 	level := slog.LevelInfo
 	if *debug {
@@ -139,6 +157,16 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		cfg.Relay = nc                  // SubscriberHandler answers 404: nginx serves /sub
 		log.Info("publishing to Nchan", "url", *publishURL)
 	}
+	var ownHub *hub.Hub // the embedded relay, when the example configures it
+	if cfg.Relay == nil && *writeTimeout > 0 {
+		ownHub = hub.New(hub.Options{
+			BufferLength: sessionpush.DefaultBufferLength,
+			MaxListeners: sessionpush.DefaultMaxListeners,
+			WriteTimeout: *writeTimeout,
+			Logger:       log,
+		})
+		cfg.Relay = ownHub
+	}
 	if *redisAddr != "" {
 		rc := redis.NewClient(&redis.Options{Addr: *redisAddr})
 		defer rc.Close()
@@ -159,9 +187,16 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	srv := &http.Server{
 		Handler:           newApp(mgr, store, log),
 		ReadHeaderTimeout: 10 * time.Second,
-		WriteTimeout:      30 * time.Second, // the relay extends it for its listeners
+		WriteTimeout:      30 * time.Second, // the relay lifts it for its listeners
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		TLSConfig:         tlsConfig, // nil: plain HTTP
+	}
+	scheme, serve := "http", srv.Serve
+	if tlsConfig != nil {
+		// ServeTLS offers HTTP/2 (ALPN "h2") and HTTP/1.1.
+		scheme = "https"
+		serve = func(ln net.Listener) error { return srv.ServeTLS(ln, "", "") }
 	}
 	expiring := make(chan struct{})
 	go func() {
@@ -169,8 +204,8 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		close(expiring)
 	}()
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	log.Info("listening", "url", "http://"+ln.Addr().String())
+	go func() { served <- serve(ln) }()
+	log.Info("listening", "url", scheme+"://"+ln.Addr().String())
 
 	select {
 	case err = <-served:
@@ -186,7 +221,13 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	relayDone := make(chan error, 1)
-	srv.RegisterOnShutdown(func() { relayDone <- mgr.Shutdown(sctx) })
+	srv.RegisterOnShutdown(func() {
+		err := mgr.Shutdown(sctx)
+		if ownHub != nil {
+			err = errors.Join(err, ownHub.Shutdown(sctx))
+		}
+		relayDone <- err
+	})
 	err = errors.Join(err, srv.Shutdown(sctx), <-relayDone)
 	log.Info("stopped", "err", err)
 	return err

@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"crypto/tls"
 	"net"
 	"time"
 )
@@ -8,8 +9,13 @@ import (
 // connWriter writes a hijacked stream to its connection: first at once,
 // without a deadline, as much as the socket buffer takes (where the
 // platform allows it: see tryWrite), then, for what is left, waiting
-// within Options.WriteTimeout. A listener that keeps up so costs no
-// deadline update per message.
+// within Options.WriteTimeout, a deadline cleared once the write is done.
+// A listener that keeps up so costs no deadline update per message.
+//
+// A TLS connection has no such first attempt: a TLS write cannot be tried
+// without waiting, nor taken up again after a deadline stopped it, so every
+// write to it waits, and tryAll leaves all of it to the stream's own
+// goroutine.
 type connWriter struct {
 	conn    net.Conn
 	timeout time.Duration
@@ -21,7 +27,8 @@ func newConnWriter(conn net.Conn, timeout time.Duration) *connWriter {
 }
 
 // write writes b, all of it or an error; a timeout error when the client
-// did not take it within the timeout.
+// did not take it within the timeout. The deadline set for it is cleared
+// after it, so that it bounds this write only.
 func (w *connWriter) write(b []byte) error {
 	if w.fast != nil {
 		n, err := w.fast.tryWrite(b)
@@ -39,22 +46,37 @@ func (w *connWriter) write(b []byte) error {
 	if err := w.conn.SetWriteDeadline(t); err != nil {
 		return err
 	}
-	_, err := w.conn.Write(b)
-	return err
+	if _, err := w.conn.Write(b); err != nil {
+		return err
+	}
+	if !t.IsZero() {
+		return w.conn.SetWriteDeadline(time.Time{})
+	}
+	return nil
 }
 
 // tryAll writes as much of b as the socket takes at once, and returns the
-// rest (nil when it took everything); where the platform cannot write
-// without waiting, it writes everything within the timeout.
+// rest (nil when it took everything). Where the connection cannot be
+// written without waiting (TLS, or a platform without non-blocking
+// writes), it writes nothing and returns b: the caller hands it to a
+// goroutine that may wait.
 func (w *connWriter) tryAll(b []byte) (rest []byte, err error) {
 	if w.fast == nil {
-		return nil, w.write(b)
+		return b, nil
 	}
 	n, err := w.fast.tryWrite(b)
 	if err != nil || n == len(b) {
 		return nil, err
 	}
 	return b[n:], nil
+}
+
+// rawConn returns the connection under a TLS connection, or conn.
+func rawConn(conn net.Conn) net.Conn {
+	if tc, ok := conn.(*tls.Conn); ok {
+		return tc.NetConn()
+	}
+	return conn
 }
 
 // fastWriter writes without waiting.

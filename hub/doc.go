@@ -111,7 +111,9 @@
 // [Hub.Stats] and [Hub.RelayStats] report, from atomic counters, the open
 // channels, the listeners by transport, the messages published and
 // delivered, the listeners dropped because a write failed or was too slow,
-// the gaps signalled and the listeners refused by HTTP status.
+// the gaps signalled, the listeners the hub ended by reason (slow, failed
+// write, channel closed, long-poll timeout, unsupported ResponseWriter) and
+// the listeners refused by HTTP status.
 //
 // # Defaults
 //
@@ -133,11 +135,15 @@
 // buffers fill, is counted in Stats.SlowDisconnects and logged at debug
 // level ("hub: slow listener disconnected", with channel and transport).
 // Listeners read from the channel's buffer, with no queue of their own, so
-// memory stays bounded by the buffers however slow they are. Each write
-// also extends the connection's write deadline, so an http.Server
-// WriteTimeout shorter than a stream does not cut it (a WebSocket connection
-// or an EventSource stream, once hijacked, has no server deadline; each of
-// its writes is bounded by its own deadline instead).
+// memory stays bounded by the buffers however slow they are. Over TLS a
+// hijacked stream's write always goes to a goroutine of its own, as a TLS
+// write cannot be tried without the risk of waiting. A write's deadline is
+// cleared once the write is done, and a listener waits without one, so an
+// http.Server WriteTimeout shorter than a stream does not cut it, nor does
+// HTTP/2, which resets a stream whose write deadline passes even when no
+// write is under way (a WebSocket connection or an EventSource stream,
+// once hijacked, has no server deadline; each of its writes is bounded by
+// its own deadline instead).
 //
 // [Hub.Shutdown] ends every listener as Close does, refuses new ones (503)
 // and every later call ([relay.ErrClosed]), and returns when every

@@ -24,8 +24,7 @@ const eventStreamType = "text/event-stream; charset=utf-8"
 // the request ends, or when a write fails.
 func (l *listener) eventSource(ctx context.Context) error {
 	l.w.Header().Set("Content-Type", eventStreamType)
-	l.deadline()
-	l.w.WriteHeader(http.StatusOK)
+	l.w.WriteHeader(http.StatusOK) // sent with hello, under its deadline
 	l.wrote = true
 	return l.events(ctx.Done(), l.send)
 }
@@ -48,7 +47,11 @@ func (l *listener) events(done <-chan struct{}, send func([]byte) error) error {
 		m, gap, err := l.await(done, beat)
 		switch {
 		case err == errGone:
-			return send(gone)
+			if err := send(gone); err != nil {
+				return err
+			}
+			l.hub.stats.gone.Add(1)
+			return nil
 		case m != nil:
 			b := m.frame
 			if gap {
@@ -92,13 +95,18 @@ func gapEventFrame(pos relay.MessageID) []byte {
 	return append(b, "\n\n"...)
 }
 
-// send writes b and flushes it within Options.WriteTimeout.
+// send writes b and flushes it within Options.WriteTimeout; the deadline
+// is cleared once it is written, so that it bounds this write only.
 func (l *listener) send(b []byte) error {
 	l.deadline()
 	if _, err := l.w.Write(b); err != nil {
 		return err
 	}
-	return l.rc.Flush()
+	if err := l.rc.Flush(); err != nil {
+		return err
+	}
+	l.undeadline()
+	return nil
 }
 
 // hijack takes the listener's connection over and serves the stream as an

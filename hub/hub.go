@@ -68,10 +68,12 @@ type Options struct {
 
 	// WriteTimeout bounds each write to a listener, and the wait for a
 	// WebSocket listener's answer to a ping; a listener that does not take
-	// a write or answer within it is disconnected. Each write also extends
-	// the connection's write deadline, so an http.Server WriteTimeout does
-	// not cut streams or long waits. Zero means 10 seconds; negative means
-	// no bound.
+	// a write or answer within it is disconnected. The deadline covers one
+	// write and is cleared once it is done, and a listener waits without
+	// one, so neither this bound nor an http.Server WriteTimeout cuts an
+	// idle stream or a long wait, over HTTP/1.1, TLS or HTTP/2 (where a
+	// write deadline that passes resets the stream even with no write
+	// under way). Zero means 10 seconds; negative means no bound.
 	WriteTimeout time.Duration
 
 	// OriginPatterns lists the other origins whose pages may open a
@@ -186,7 +188,9 @@ func (h *Hub) Open(ctx context.Context, channel string) (string, error) {
 // append. It hands the message to the channel's idle hijacked EventSource
 // streams (see ServeSubscriber); to a few of them it writes it itself, as
 // far as each socket takes it at once, which costs a system call each but
-// no goroutine; more get a goroutine of their own.
+// no goroutine; more get a goroutine of their own. A stream over TLS, which
+// cannot be written without the risk of waiting, is always handed to a
+// goroutine of its own for the write.
 func (h *Hub) Publish(ctx context.Context, channel string, m relay.Message) (relay.Receipt, error) {
 	if err := check(ctx, "publish", channel); err != nil {
 		return relay.Receipt{}, err
@@ -374,8 +378,8 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 // Read serves it, to notice at once a client that goes away; Publish hands
 // the message to the channel's idle streams and it is written straight to
 // their sockets, as far as each takes it at once; a stream that has more to
-// take gets a goroutine until it is caught up, each of whose writes is
-// bounded by Options.WriteTimeout. This keeps an idle listener at about
+// take, or that is over TLS, gets a goroutine until it is caught up, each of
+// whose writes is bounded by Options.WriteTimeout. This keeps an idle listener at about
 // 5 KiB of process memory, against about 27 KiB for a net/http handler
 // goroutine with its buffers. Over HTTP/2, or when w cannot hijack, the
 // stream is served on the handler goroutine and ServeSubscriber returns
@@ -475,8 +479,9 @@ func (h *Hub) dropped(ctx context.Context, l *listener, err error) {
 	switch {
 	case errors.Is(err, http.ErrNotSupported):
 		// a ResponseWriter wrapper that cannot flush or hijack
+		h.stats.unsupported.Add(1)
 		h.log.Log(ctx, slog.LevelError, "hub: listener dropped", "channel", l.channel, "err", err)
-	case l.wrote && isTimeout(err):
+	case l.wrote && l.timedOut(err):
 		h.stats.slow.Add(1)
 		h.log.Log(ctx, slog.LevelDebug, "hub: slow listener disconnected",
 			"channel", l.channel, "transport", l.transport.String(), "err", err)
@@ -807,7 +812,8 @@ type listener struct {
 	pos       relay.MessageID // the newest message delivered, or the resume position
 	channel   string
 	transport transport
-	wrote     bool // the response started: a later failure is a write's
+	wrote     bool      // the response started: a later failure is a write's
+	due       time.Time // the deadline of the write under way; zero: none
 }
 
 // await returns the next message after l.pos, waiting until one is
@@ -848,13 +854,33 @@ var errGone = errors.New("channel closed")
 
 // deadline bounds the next write to the listener by Options.WriteTimeout, or
 // clears the connection's deadline when there is no bound. A ResponseWriter
-// without deadlines is written to unbounded.
+// without deadlines is written to unbounded. The write's caller clears the
+// deadline once the write is done (see undeadline), so that it covers that
+// write and nothing else: over HTTP/2 a write deadline that passes resets
+// the stream whether or not a write is under way.
 func (l *listener) deadline() {
 	var t time.Time
 	if d := l.hub.opts.WriteTimeout; d > 0 {
 		t = time.Now().Add(d)
 	}
+	l.due = t
 	_ = l.rc.SetWriteDeadline(t)
+}
+
+// undeadline clears the write deadline after a write, or before a wait, so
+// that neither Options.WriteTimeout nor an http.Server WriteTimeout cuts a
+// listener that is only waiting.
+func (l *listener) undeadline() {
+	l.due = time.Time{}
+	_ = l.rc.SetWriteDeadline(time.Time{})
+}
+
+// timedOut reports whether err, the error of a write bounded by deadline,
+// is that write's deadline passing: a timeout error, or any error once the
+// deadline has passed (an HTTP/2 stream reset by its deadline fails the
+// write with an error that does not say so).
+func (l *listener) timedOut(err error) bool {
+	return isTimeout(err) || !l.due.IsZero() && !time.Now().Before(l.due)
 }
 
 // timer returns a timer firing after d, or a nil channel and a no-op stop

@@ -5,6 +5,7 @@ package hub
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -34,7 +35,10 @@ import (
 // HUB_IDLE_MODE=handler serves them on net/http's handler goroutines, as
 // before hijacking, HUB_IDLE_SHAPE=one puts them all on one channel (else
 // one channel each), HUB_IDLE_PUBLISHERS the goroutines that publish to
-// them (1), HUB_IDLE_ROUNDS the rounds of publishing (5). It
+// them (1), HUB_IDLE_ROUNDS the rounds of publishing (5), HUB_IDLE_PROTO
+// the protocol (empty: plain HTTP/1.1; tls: HTTP/1.1 over TLS; h2: HTTP/2
+// with a connection per listener; h2mux: HTTP/2 with 100 listeners per
+// connection). It
 // reports figures, asserts nothing about them.
 func TestIdleListeners(t *testing.T) {
 	if os.Getenv("HUB_IDLE_BENCH") != "1" {
@@ -50,7 +54,7 @@ func TestIdleListeners(t *testing.T) {
 	raw := os.Getenv("HUB_IDLE_MODE") == "raw"
 	var rawMu sync.Mutex
 	var rawConns []net.Conn
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if raw {
 			conn, _, err := http.NewResponseController(w).Hijack()
 			if err != nil {
@@ -65,6 +69,20 @@ func TestIdleListeners(t *testing.T) {
 		}
 		h.ServeSubscriber(w, r, strings.TrimPrefix(r.URL.Path, "/sub/"))
 	}))
+	// HUB_IDLE_PROTO: plain HTTP/1.1 (empty), tls (HTTP/1.1 over TLS), h2
+	// (HTTP/2, a connection per listener) or h2mux (HTTP/2, 100 listeners
+	// per connection).
+	proto := os.Getenv("HUB_IDLE_PROTO")
+	switch proto {
+	case "":
+		srv.Start()
+	case "tls", "h2", "h2mux":
+		srv.EnableHTTP2 = proto != "tls"
+		srv.Config.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: 100}
+		srv.StartTLS()
+	default:
+		t.Fatalf("HUB_IDLE_PROTO=%q", proto)
+	}
 	defer srv.Close()
 	defer h.Shutdown(context.Background())
 	names := make([]string, n)
@@ -103,6 +121,7 @@ func TestIdleListeners(t *testing.T) {
 	expect("ready")
 	eventually(t, "all listeners in", func() bool { return h.Stats().Listeners.EventSource == int64(n) })
 	rss1, heap1 := memNow()
+	goroutines := runtime.NumGoroutine()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	t.Logf("stacks in use %d B/listener (all goroutines)", ms.StackInuse/uint64(n))
@@ -113,8 +132,8 @@ func TestIdleListeners(t *testing.T) {
 	if raw {
 		mode = "raw"
 	}
-	t.Logf("mode=%s shape one=%v n=%d: RSS %.0f B/listener, heap+stack %.0f B/listener, goroutines %d",
-		mode, one, n, float64(rss1-rss0)/float64(n), float64(heap1-heap0)/float64(n), runtime.NumGoroutine())
+	t.Logf("mode=%s proto=%q shape one=%v n=%d: RSS %.0f B/listener, heap+stack %.0f B/listener, goroutines %d",
+		mode, proto, one, n, float64(rss1-rss0)/float64(n), float64(heap1-heap0)/float64(n), runtime.NumGoroutine())
 
 	defer func() {
 		for _, c := range rawConns {
@@ -163,8 +182,8 @@ func TestIdleListeners(t *testing.T) {
 	slices.Sort(rate)
 	t.Logf("mode=%s one=%v: CPU µs/delivery median %.2f (%.2f–%.2f); deliveries/s median %.0f (%.0f–%.0f)",
 		mode, one, cpu[len(cpu)/2], cpu[0], cpu[len(cpu)-1], rate[len(rate)/2], rate[0], rate[len(rate)-1])
-	fmt.Printf("IDLE mode=%s one=%v n=%d rss_per=%.0f heap_per=%.0f cpu_us=%.2f rate=%.0f\n", mode, one, n,
-		float64(rss1-rss0)/float64(n), float64(heap1-heap0)/float64(n), cpu[len(cpu)/2], rate[len(rate)/2])
+	fmt.Printf("IDLE mode=%s proto=%q one=%v n=%d rss_per=%.0f heap_per=%.0f goroutines_per=%.2f cpu_us=%.2f rate=%.0f\n", mode, proto, one, n,
+		float64(rss1-rss0)/float64(n), float64(heap1-heap0)/float64(n), float64(goroutines)/float64(n), cpu[len(cpu)/2], rate[len(rate)/2])
 }
 
 func uniq(s []string) []string { return slices.Compact(slices.Clone(s)) }
@@ -215,17 +234,50 @@ func TestIdleClient(t *testing.T) {
 	var ready sync.WaitGroup
 	var events atomic.Int64
 	rounds := make(chan int64, 100)
-	var conns []net.Conn
+	var conns []io.Closer
+	proto := os.Getenv("HUB_IDLE_PROTO")
+	insecure := &tls.Config{InsecureSkipVerify: true} // a measurement against the parent's test server
+	var shared *http.Transport
 	for i := range n {
-		conn, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
+		var body io.Reader
+		switch proto {
+		case "h2", "h2mux":
+			tr := shared
+			if tr == nil || proto == "h2" {
+				tr = &http.Transport{TLSClientConfig: insecure, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: -1}
+				if proto == "h2mux" {
+					shared = tr
+				}
+			}
+			req, _ := http.NewRequest("GET", "https://"+addr+"/sub/"+channels[i%len(channels)], nil)
+			req.Header.Set("Accept", "text/event-stream")
+			resp, err := tr.RoundTrip(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.ProtoMajor != 2 {
+				t.Fatalf("%s, want HTTP/2", resp.Proto)
+			}
+			conns = append(conns, resp.Body)
+			body = resp.Body
+		default:
+			var conn net.Conn
+			var err error
+			if proto == "tls" {
+				conn, err = tls.Dial("tcp", addr, insecure)
+			} else {
+				conn, err = net.Dial("tcp", addr)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			conns = append(conns, conn)
+			fmt.Fprintf(conn, "GET /sub/%s HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n", channels[i%len(channels)])
+			body = conn
 		}
-		conns = append(conns, conn)
-		fmt.Fprintf(conn, "GET /sub/%s HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n", channels[i%len(channels)])
 		ready.Add(1)
 		go func() {
-			r := bufio.NewReaderSize(conn, 256)
+			r := bufio.NewReaderSize(body, 256)
 			hi := false
 			for {
 				line, err := r.ReadSlice('\n')

@@ -2,6 +2,7 @@ package hub
 
 import (
 	"context"
+	"errors"
 	"net/http"
 )
 
@@ -13,17 +14,22 @@ func (l *listener) longPoll(ctx context.Context) error {
 	if t != nil {
 		defer t.Stop()
 	}
+	// No deadline while waiting: over HTTP/2 an http.Server WriteTimeout
+	// would reset the stream in the middle of the wait.
+	l.undeadline()
 	m, gap, err := l.await(ctx.Done(), expire)
 	switch {
 	case err == errGone:
 		l.deadline()
 		reply(l.w, http.StatusGone, "")
+		l.hub.stats.gone.Add(1)
 		return nil
 	case m == nil && ctx.Err() != nil:
 		return nil
 	case m == nil:
 		l.deadline()
 		reply(l.w, http.StatusRequestTimeout, "")
+		l.hub.stats.expired.Add(1)
 		return nil
 	}
 	h := l.w.Header()
@@ -44,6 +50,12 @@ func (l *listener) longPoll(ctx context.Context) error {
 	if _, err = l.w.Write(m.body); err != nil {
 		return err
 	}
+	// Written within the deadline: over HTTP/2 the stream ends when the
+	// handler returns, not before the last byte is on its way.
+	if err = l.rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		return err
+	}
+	l.undeadline()
 	l.delivered(gap)
 	return nil
 }

@@ -71,10 +71,35 @@ type Stats struct {
 	// Options.MaxBufferedBytes, before their channel's buffer length or
 	// their time to live would have dropped them.
 	Evictions uint64
+	// Disconnects counts the listeners the hub ended, by reason; it
+	// repeats SlowDisconnects and WriteFailures and adds the other
+	// reasons. A listener that ends by itself (the client closed the
+	// connection while no write was under way, or the request's context
+	// ended) is not counted.
+	Disconnects DisconnectCounts
 	// Refused counts the listeners refused, by the HTTP status of the
 	// answer: 400, 403, 405, 503, and WebSocket handshakes refused by
 	// the WebSocket library. Nil when none was.
 	Refused map[int]uint64
+}
+
+// DisconnectCounts is a number of listeners ended by the hub, per reason.
+type DisconnectCounts struct {
+	// Slow: a write, or a WebSocket ping's answer, did not complete
+	// within Options.WriteTimeout (the same as Stats.SlowDisconnects).
+	Slow uint64
+	// WriteFailed: a write failed otherwise, as when the client went
+	// away during it (the same as Stats.WriteFailures).
+	WriteFailed uint64
+	// ChannelClosed: the channel was closed, or the hub shut down; the
+	// listener was told so (410, ":410: 410 Gone", WebSocket close 1001).
+	ChannelClosed uint64
+	// LongPollTimeout: a long-poll got no message within
+	// Options.LongPollTimeout and was answered 408.
+	LongPollTimeout uint64
+	// Unsupported: the ResponseWriter could neither flush nor hijack, so
+	// the listener could not be served (logged at error level).
+	Unsupported uint64
 }
 
 // TransportCounts is a number per transport.
@@ -91,6 +116,9 @@ type counters struct {
 	writeFailed atomic.Uint64
 	slow        atomic.Uint64
 	gaps        atomic.Uint64
+	gone        atomic.Uint64
+	expired     atomic.Uint64
+	unsupported atomic.Uint64
 	refused     sync.Map // int status -> *atomic.Uint64
 }
 
@@ -121,6 +149,13 @@ func (h *Hub) Stats() Stats {
 		BufferedBytes:   h.budget.bytes.Load(),
 		Evictions:       h.budget.evictions.Load(),
 	}
+	s.Disconnects = DisconnectCounts{
+		Slow:            s.SlowDisconnects,
+		WriteFailed:     s.WriteFailures,
+		ChannelClosed:   c.gone.Load(),
+		LongPollTimeout: c.expired.Load(),
+		Unsupported:     c.unsupported.Load(),
+	}
 	c.refused.Range(func(k, v any) bool {
 		if s.Refused == nil {
 			s.Refused = make(map[int]uint64)
@@ -136,8 +171,10 @@ func (h *Hub) Stats() Stats {
 // transport=longpoll|eventsource|websocket) and buffered_bytes, and the
 // counters messages_published_total, deliveries_total,
 // write_failures_total, slow_disconnects_total, gaps_total,
-// buffer_evictions_total and listeners_refused_total (labelled
-// status=<HTTP status>, one per status seen).
+// buffer_evictions_total, listeners_disconnected_total (labelled
+// reason=slow|write_failed|channel_closed|longpoll_timeout|unsupported,
+// one per reason, see [DisconnectCounts]) and listeners_refused_total
+// (labelled status=<HTTP status>, one per status seen).
 func (h *Hub) RelayStats() []relay.Stat {
 	s := h.Stats()
 	out := []relay.Stat{
@@ -158,6 +195,22 @@ func (h *Hub) RelayStats() []relay.Stat {
 		relay.Stat{Name: "buffered_bytes", Help: "Memory held by buffered messages, of all channels.", Gauge: true, Value: float64(s.BufferedBytes)},
 		relay.Stat{Name: "buffer_evictions_total", Help: "Buffered messages dropped, oldest first, to keep the memory budget.", Value: float64(s.Evictions)},
 	)
+	d := s.Disconnects
+	for _, r := range []struct {
+		reason string
+		n      uint64
+	}{
+		{"slow", d.Slow},
+		{"write_failed", d.WriteFailed},
+		{"channel_closed", d.ChannelClosed},
+		{"longpoll_timeout", d.LongPollTimeout},
+		{"unsupported", d.Unsupported},
+	} {
+		out = append(out, relay.Stat{
+			Name: "listeners_disconnected_total", Help: "Listeners ended by the hub, by reason.",
+			Labels: [][2]string{{"reason", r.reason}}, Value: float64(r.n),
+		})
+	}
 	codes := make([]int, 0, len(s.Refused))
 	for code := range s.Refused {
 		codes = append(codes, code)

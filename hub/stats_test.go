@@ -246,3 +246,55 @@ func TestWriteFailure(t *testing.T) {
 		})
 	}
 }
+
+// TestStatsDisconnects: listeners the hub ends are counted by reason: a
+// long-poll answered 408, and a long-poll, a hijacked EventSource stream and
+// a WebSocket whose channel is closed; a listener that leaves by itself is
+// not.
+func TestStatsDisconnects(t *testing.T) {
+	h, srv := newTestHub(t, Options{LongPollTimeout: 50 * time.Millisecond})
+	mustOpen(t, h, ch)
+	if a := get(http.DefaultClient, "GET", srv.URL+"/sub/"+ch, nil); a.code != http.StatusRequestTimeout {
+		t.Fatalf("long-poll: %d, want 408", a.code)
+	}
+	if d := h.Stats().Disconnects; d != (DisconnectCounts{LongPollTimeout: 1}) {
+		t.Errorf("after a 408: %+v", d)
+	}
+
+	h, srv = newTestHub(t, Options{})
+	mustOpen(t, h, ch)
+	url := srv.URL + "/sub/" + ch
+	left := openStream(t, url, nil)
+	left.resp.Body.Close() // leaves by itself
+	waitListeners(t, h, ch, 0)
+	polled := make(chan answer, 1)
+	go func() { polled <- get(http.DefaultClient, "GET", url, nil) }()
+	s := openStream(t, url, nil)
+	ws := dialWS(t, wsURL(srv, ch), nil)
+	waitListeners(t, h, ch, 3)
+	if err := h.Close(context.Background(), ch); err != nil {
+		t.Fatal(err)
+	}
+	if a := <-polled; a.code != http.StatusGone {
+		t.Errorf("long-poll: %d, want 410", a.code)
+	}
+	if ev := s.next(t); ev.comment != ":410: 410 Gone" {
+		t.Errorf("EventSource: %+v, want the 410 comment", ev)
+	}
+	checkGone(t, ws)
+	eventually(t, "no listeners", func() bool { return h.Stats().Listeners == TransportCounts{} })
+	want := DisconnectCounts{ChannelClosed: 3}
+	if d := h.Stats().Disconnects; d != want {
+		t.Errorf("Disconnects %+v, want %+v", d, want)
+	}
+	got := map[string]float64{}
+	for _, st := range h.RelayStats() {
+		if st.Name == "listeners_disconnected_total" {
+			got[st.Labels[0][1]] = st.Value
+		}
+	}
+	wantStats := map[string]float64{"slow": 0, "write_failed": 0, "channel_closed": 3, "longpoll_timeout": 0, "unsupported": 0}
+	if fmt.Sprint(got) != fmt.Sprint(wantStats) {
+		t.Errorf("RelayStats listeners_disconnected_total %v, want %v", got, wantStats)
+	}
+}

@@ -51,11 +51,14 @@ func startStream(l *listener, conn net.Conn, head []byte) {
 // read waits for the client to close the connection (or to fail it); what
 // the client sends meanwhile is dropped. Then, if the stream is parked, it
 // takes the turn and finishes the stream; else the one that has the turn
-// will.
+// will. Over TLS it reads the connection under TLS, undeciphered: nothing
+// the client sends is of use, and so the reading goroutine keeps a small
+// stack and the TLS connection's input buffers do not grow.
 func (s *hstream) read() {
 	var b [16]byte
+	conn := rawConn(s.conn)
 	for {
-		if _, err := s.conn.Read(b[:]); err != nil {
+		if _, err := conn.Read(b[:]); err != nil {
 			break
 		}
 	}
@@ -196,7 +199,9 @@ func (s *hstream) run(pending []byte) {
 			s.finish()
 			return
 		case m == nil: // the channel closed
-			s.write(gone)
+			if s.write(gone) {
+				s.l.hub.stats.gone.Add(1)
+			}
 			s.finish()
 			return
 		}
@@ -293,7 +298,13 @@ func (s *hstream) finish() {
 	if s.beat != nil {
 		s.beat.Stop()
 	}
-	s.conn.Close()
+	if s.err != nil {
+		// A failed or timed-out write: no TLS close_notify, which
+		// would wait on a socket that does not take writes.
+		rawConn(s.conn).Close()
+	} else {
+		s.conn.Close()
+	}
 	<-s.readerDone
 	l, h := s.l, s.l.hub
 	if s.err != nil {

@@ -65,6 +65,7 @@ func (l *listener) webSocket(r *http.Request) error {
 		m, gap, err := l.await(ctx.Done(), beat)
 		switch {
 		case err == errGone:
+			l.hub.stats.gone.Add(1) // the close handshake may fail: the client is told either way
 			return conn.Close(websocket.StatusGoingAway, "410 Gone")
 		case m != nil:
 			gap = gap && meta // a plain WebSocket has no way to tell

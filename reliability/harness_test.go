@@ -3,6 +3,7 @@ package reliability
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -42,6 +43,24 @@ type target struct {
 	relay relay.Relay
 	base  string // "http://127.0.0.1:port"; listeners connect to base+"/sub/"+channel
 	gaps  bool   // the relay signals gaps
+
+	// tls, when not nil, is the client side of a server over TLS
+	// (base is then "https://..."), which speaks HTTP/2 if http2.
+	tls   *tls.Config
+	http2 bool
+}
+
+// newHTTPClient returns a client of its own for the target's listeners,
+// its idle connections closed at cleanup: over TLS it trusts the server's
+// certificate, and speaks HTTP/2 when the server does.
+func (tg *target) newHTTPClient(t testing.TB) *http.Client {
+	hc := newHTTPClient(t)
+	if tg.tls != nil {
+		tr := hc.Transport.(*http.Transport)
+		tr.TLSClientConfig = tg.tls.Clone()
+		tr.ForceAttemptHTTP2 = tg.http2
+	}
+	return hc
 }
 
 func (tg *target) subURL(ch string) string { return tg.base + "/sub/" + ch }
@@ -49,11 +68,25 @@ func (tg *target) subURL(ch string) string { return tg.base + "/sub/" + ch }
 // serveHub serves h's listeners at /sub/{channel} on a real HTTP server on
 // 127.0.0.1, closed at cleanup (after h's own cleanups registered later).
 func serveHub(t testing.TB, h *hub.Hub) *httptest.Server {
+	return serveHubOver(t, h, plain)
+}
+
+// serveHubOver is serveHub on a server that speaks p.
+func serveHubOver(t testing.TB, h *hub.Hub, p proto) *httptest.Server {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /sub/{ch}", func(w http.ResponseWriter, r *http.Request) {
+		if p.http2 && r.ProtoMajor != 2 && r.Header.Get("Upgrade") == "" {
+			t.Errorf("%s listener over %s", p.name, r.Proto)
+		}
 		h.ServeSubscriber(w, r, r.PathValue("ch"))
 	})
-	srv := httptest.NewServer(mux)
+	srv := httptest.NewUnstartedServer(mux)
+	if p.tls {
+		srv.EnableHTTP2 = p.http2
+		srv.StartTLS()
+	} else {
+		srv.Start()
+	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
@@ -67,9 +100,33 @@ func serveHub(t testing.TB, h *hub.Hub) *httptest.Server {
 
 // hubTarget starts a hub with opts behind a real HTTP server.
 func hubTarget(t testing.TB, opts hub.Options) (*target, *hub.Hub) {
+	return hubTargetOver(t, opts, plain)
+}
+
+// proto is how the server of a hub target speaks: plain HTTP/1.1, HTTP/1.1
+// over TLS, or HTTP/2 (over TLS).
+type proto struct {
+	name       string
+	tls, http2 bool
+}
+
+var (
+	plain     = proto{name: "http1"}
+	tlsHTTP1  = proto{name: "tls-http1", tls: true}
+	tlsHTTP2  = proto{name: "http2", tls: true, http2: true}
+	tlsProtos = []proto{tlsHTTP1, tlsHTTP2}
+)
+
+// hubTargetOver starts a hub with opts behind a real HTTP server on
+// 127.0.0.1 that speaks p, over TLS with a certificate of its own.
+func hubTargetOver(t testing.TB, opts hub.Options, p proto) (*target, *hub.Hub) {
 	h := hub.New(opts)
-	srv := serveHub(t, h)
-	return &target{name: "hub", relay: h, base: srv.URL, gaps: true}, h
+	srv := serveHubOver(t, h, p)
+	tg := &target{name: "hub", relay: h, base: srv.URL, gaps: true, http2: p.http2}
+	if p.tls {
+		tg.tls = srv.Client().Transport.(*http.Transport).TLSClientConfig.Clone()
+	}
+	return tg, h
 }
 
 // nchanConf serves publishers at /pub/big/<id> (a buffer of {{.Big}}
@@ -293,12 +350,14 @@ type webSocket struct {
 
 const metaProtocol = "ws+meta.nchan"
 
-func dialWebSocket(ctx context.Context, _ *http.Client, url string, from position) (stream, error) {
+// dialWebSocket connects through hc, which dials over HTTP/1.1 for the
+// upgrade even when it speaks HTTP/2.
+func dialWebSocket(ctx context.Context, hc *http.Client, url string, from position) (stream, error) {
 	u := "ws" + strings.TrimPrefix(url, "http")
 	if from.id != "" {
 		u += "?last_event_id=" + from.id
 	}
-	conn, _, err := websocket.Dial(ctx, u, &websocket.DialOptions{Subprotocols: []string{metaProtocol}})
+	conn, _, err := websocket.Dial(ctx, u, &websocket.DialOptions{Subprotocols: []string{metaProtocol}, HTTPClient: hc})
 	if err != nil {
 		return nil, err
 	}

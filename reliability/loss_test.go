@@ -65,7 +65,7 @@ func runLoss(t *testing.T, tg *target, tr transport, c lossCase) lossResult {
 	defer cancel()
 	rng := rand.New(rand.NewPCG(c.seed, 0))
 	ch, cursor := newChannel(t, tg)
-	hc := newHTTPClient(t)
+	hc := tg.newHTTPClient(t)
 
 	spacing := 0
 	if c.lag {
@@ -292,6 +292,20 @@ func TestLossHub(t *testing.T) {
 		t.Run(tr.name, func(t *testing.T) {
 			r := runLoss(t, tg, tr, c)
 			r.log(t, "hub", tr.name, c)
+			checkAll(t, r, c)
+		})
+	}
+}
+
+// TestLossHubHTTP2: TestLossHub over TLS with HTTP/2 (WebSocket over TLS
+// with HTTP/1.1, as it upgrades).
+func TestLossHubHTTP2(t *testing.T) {
+	c := fullBufferCase(t)
+	tg, _ := hubTargetOver(t, hub.Options{BufferLength: c.buffer, MessageTTL: -1}, tlsHTTP2)
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) {
+			r := runLoss(t, tg, tr, c)
+			r.log(t, "hub-http2", tr.name, c)
 			checkAll(t, r, c)
 		})
 	}
