@@ -17,7 +17,8 @@ import (
 var ErrEmptyMessage = errors.New("nchan: the push module refuses empty messages")
 
 // Error describes a failed call of a [Client]. It wraps [relay.ErrChannelNotFound],
-// [relay.ErrMessageTooLarge], [relay.ErrInvalidID] or [ErrEmptyMessage] when
+// [relay.ErrMessageTooLarge], [relay.ErrRelayFull] (Nchan answered 507: its
+// shared memory is full), [relay.ErrInvalidID] or [ErrEmptyMessage] when
 // one applies, the context's error when the deadline passed or the context
 // was cancelled, or the transport's error; test them with [errors.Is].
 type Error struct {
@@ -61,6 +62,16 @@ func (e *Error) Unwrap() error { return e.Err }
 // errBadHeader means a message's content type or event name cannot be sent
 // as a header.
 var errBadHeader = errors.New("invalid message header")
+
+// statusError reports an answer of status that the call does not expect;
+// 507 (Nchan out of shared memory) wraps [relay.ErrRelayFull].
+func statusError(op, channel string, status int) error {
+	e := &Error{Op: op, Channel: channel, Status: status}
+	if status == http.StatusInsufficientStorage {
+		e.Err = relay.ErrRelayFull
+	}
+	return e
+}
 
 func notFound(op, channel string, status int) error {
 	return &Error{Op: op, Channel: channel, Status: status, Err: relay.ErrChannelNotFound}
