@@ -28,17 +28,19 @@ import (
 // The shipped config, and the addresses in it that the tests replace by
 // free ports.
 const (
-	shippedConf     = "nginx/nginx.conf"
-	shippedListen   = "127.0.0.1:8081" // nginx
-	shippedUpstream = "127.0.0.1:8080" // the app
+	shippedConf      = "nginx/nginx.conf"
+	shippedListen    = "127.0.0.1:8081" // nginx, public
+	shippedPublisher = "127.0.0.1:8091" // nginx, the publisher's loopback server
+	shippedUpstream  = "127.0.0.1:8080" // the app
 )
 
 // futureIMS is an If-Modified-Since far in the future, half of the input
-// that aborts an unguarded Nchan 1.3.6 worker (relay-protocol.md §10a).
+// that aborts an unguarded Nchan 1.3.6 worker (docs/nginx.md, "The guard").
 const futureIMS = "Fri, 01 Jan 2100 00:00:00 GMT"
 
 // nginxConf returns the shipped config as a template for
-// servers.StartNginx: nginx on {{.Addr}}, the app on {{port "app"}}.
+// servers.StartNginx: nginx on {{.Addr}}, its publisher server on
+// {{port "pub"}} (see pubURL), the app on {{port "app"}}.
 func nginxConf(t *testing.T) string {
 	t.Helper()
 	b, err := os.ReadFile(shippedConf)
@@ -46,17 +48,24 @@ func nginxConf(t *testing.T) string {
 		t.Fatal(err)
 	}
 	conf := string(b)
-	if !strings.Contains(conf, "listen "+shippedListen+";") || !strings.Contains(conf, "server "+shippedUpstream+";") ||
-		strings.Contains(conf, "{{") {
-		t.Fatalf("%s: want `listen %s;`, `server %s;` and no {{: the tests replace the addresses and render it as a template",
-			shippedConf, shippedListen, shippedUpstream)
+	for _, s := range []string{"listen " + shippedListen + ";", "listen " + shippedPublisher + ";", "server " + shippedUpstream + ";"} {
+		if strings.Count(conf, s) != 1 {
+			t.Fatalf("%s: want one %q: the tests replace the addresses", shippedConf, s)
+		}
+	}
+	if strings.Contains(conf, "{{") {
+		t.Fatalf("%s: has {{; the tests render it as a template", shippedConf)
 	}
 	conf = strings.ReplaceAll(conf, shippedListen, "{{.Addr}}")
+	conf = strings.ReplaceAll(conf, shippedPublisher, `127.0.0.1:{{port "pub"}}`)
 	return strings.ReplaceAll(conf, shippedUpstream, `127.0.0.1:{{port "app"}}`)
 }
 
+// pubURL is the base URL of n's publisher server ({{port "pub"}}).
+func pubURL(n *servers.Nginx) string { return fmt.Sprintf("http://127.0.0.1:%d", n.Ports["pub"]) }
+
 // startNginx starts nginx with conf (from nginxConf, maybe edited), ready
-// once Nchan answers its publisher location.
+// once it answers (it binds both servers' ports before it does).
 func startNginx(t *testing.T, conf string) *servers.Nginx {
 	t.Helper()
 	n := servers.StartNginxWith(t, conf, servers.NginxOptions{ReadyPath: "/pub/" + uuid.NewString()})
@@ -83,7 +92,7 @@ func startNginxSite(t *testing.T) *nginxSite {
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections)
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	relay, err := nchan.New(n.URL+"/pub/{channel}", nchan.Options{HTTPClient: &http.Client{Transport: tr}, Logger: log})
+	relay, err := nchan.New(pubURL(n)+"/pub/{channel}", nchan.Options{HTTPClient: &http.Client{Transport: tr}, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +119,7 @@ func startNginxSite(t *testing.T) *nginxSite {
 func TestNginxRun(t *testing.T) {
 	n := startNginx(t, nginxConf(t))
 	app := startProgram(t, "-addr", fmt.Sprintf("127.0.0.1:%d", n.Ports["app"]),
-		"-publish-url", n.URL+"/pub/{channel}", "-subscribe-url", "/sub/{channel}")
+		"-publish-url", pubURL(n)+"/pub/{channel}", "-subscribe-url", "/sub/{channel}")
 	b := newBrowser(t, n.URL)
 	b.mustLogin("alice")
 	sub := b.subscribe()
@@ -137,10 +146,10 @@ func TestNginxRunBroadcastChannel(t *testing.T) {
 	id := sessionpush.SuggestedBroadcastChannel
 	n := startNginx(t, nginxConf(t))
 	startProgram(t, "-addr", fmt.Sprintf("127.0.0.1:%d", n.Ports["app"]),
-		"-publish-url", n.URL+"/pub/{channel}", "-subscribe-url", "/sub/{channel}", "-broadcast-channel", id)
+		"-publish-url", pubURL(n)+"/pub/{channel}", "-subscribe-url", "/sub/{channel}", "-broadcast-channel", id)
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections)
-	nc, err := nchan.New(n.URL+"/pub/{channel}", nchan.Options{HTTPClient: &http.Client{Transport: tr}})
+	nc, err := nchan.New(pubURL(n)+"/pub/{channel}", nchan.Options{HTTPClient: &http.Client{Transport: tr}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -414,7 +423,7 @@ func TestNginxRefusals(t *testing.T) {
 		{"127.0.0.1", "GET", http.StatusOK},
 	} {
 		c := from(tc.from)
-		req, _ := http.NewRequest(tc.method, s.URL+"/pub/"+sub.Channel, strings.NewReader("intruder"))
+		req, _ := http.NewRequest(tc.method, pubURL(s.Nginx)+"/pub/"+sub.Channel, strings.NewReader("intruder"))
 		resp, err := c.Do(req)
 		if err != nil {
 			t.Fatalf("%s /pub from %s: %v", tc.method, tc.from, err)
@@ -502,7 +511,7 @@ func request(tc guardCase) (int, error) {
 	return resp.StatusCode, nil
 }
 
-// TestNginxGuard sends the requests of relay-protocol.md §10a through the
+// TestNginxGuard sends the requests of docs/nginx.md ("The guard") through the
 // shipped config: each gets a quick 4xx, and the worker and its channels
 // survive; what real clients send still passes.
 func TestNginxGuard(t *testing.T) {
@@ -511,7 +520,7 @@ func TestNginxGuard(t *testing.T) {
 	alice := newBrowser(t, s.URL)
 	alice.mustLogin("alice")
 	sub := alice.subscribe()
-	ch, pub := s.URL+sub.URL, s.URL+"/pub/"+sub.Channel
+	ch, pub := s.URL+sub.URL, pubURL(s.Nginx)+"/pub/"+sub.Channel
 	other := s.URL + "/sub/" + uuid.NewString()
 
 	cases := append(crashInputs(ch), []guardCase{
@@ -579,7 +588,7 @@ func TestNginxGuardMultiplexed(t *testing.T) {
 	worker := n.WorkerPID()
 	a, c := uuid.NewString(), uuid.NewString()
 	for _, m := range []struct{ channel, body string }{{a, "a1"}, {c, "c1"}, {a, "a2"}} {
-		if status, err := publish(n.URL+"/pub/"+m.channel, m.body); status != http.StatusAccepted {
+		if status, err := publish(pubURL(n)+"/pub/"+m.channel, m.body); status != http.StatusAccepted {
 			t.Fatalf("POST %s to %s: %d %v", m.body, m.channel, status, err)
 		}
 	}
@@ -639,8 +648,8 @@ func publish(u, body string) (int, error) {
 func TestNginxUnguarded(t *testing.T) {
 	guard := regexp.MustCompile(`(?m)^[ \t]*if \(\$nchan_bad_(method|id)\)[^\n]*\n`)
 	conf := nginxConf(t)
-	if m := guard.FindAllString(conf, -1); len(m) != 2 {
-		t.Fatalf("%s: guard lines %q; want the two ifs of $nchan_bad_method and $nchan_bad_id", shippedConf, m)
+	if m := guard.FindAllString(conf, -1); len(m) != 3 {
+		t.Fatalf("%s: guard lines %q; want the ifs of $nchan_bad_method and $nchan_bad_id, and $nchan_bad_method in the publisher server", shippedConf, m)
 	}
 	n := startNginx(t, guard.ReplaceAllString(conf, ""))
 	channel := uuid.NewString()
@@ -652,7 +661,7 @@ func TestNginxUnguarded(t *testing.T) {
 		}
 	}
 	for _, tc := range crashInputs(sub) {
-		if status, err := publish(n.URL+"/pub/"+channel, "kept?"); status != http.StatusAccepted {
+		if status, err := publish(pubURL(n)+"/pub/"+channel, "kept?"); status != http.StatusAccepted {
 			t.Fatalf("POST: %d %v", status, err)
 		}
 		worker := n.WorkerPID()
@@ -664,7 +673,7 @@ func TestNginxUnguarded(t *testing.T) {
 				t.Fatalf("crash by %s without the guard: worker %d still there", tc.name, worker)
 			}
 		}
-		if status, err := request(guardCase{method: "GET", url: n.URL + "/pub/" + channel}); status != http.StatusNotFound {
+		if status, err := request(guardCase{method: "GET", url: pubURL(n) + "/pub/" + channel}); status != http.StatusNotFound {
 			t.Errorf("channel after the crash by %s: %d %v; want 404 (wiped)", tc.name, status, err)
 		}
 	}
