@@ -56,7 +56,8 @@ func startSite(t *testing.T, relay, origin string, args ...string) *site {
 	key := make([]byte, 32)
 	rand.Read(key)
 	// A fixed session key, so that sessions survive a restart of the program.
-	keyArg := append([]string{"-session-key", hex.EncodeToString(key)}, args...)
+	// alice, who broadcasts in the tests, is the -admin.
+	keyArg := append([]string{"-session-key", hex.EncodeToString(key), "-admin", "alice"}, args...)
 	switch relay {
 	case "embedded":
 		s.app = startApp(t, fmt.Sprintf("127.0.0.1:%d", servers.FreePort(t)), keyArg...)

@@ -62,14 +62,15 @@ const clusterHeader = `# GENERATED from ../nginx.conf by TestClusterConfigsInSyn
 #   redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no &
 #   K=$(head -c32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 #   B=b0adca57-0000-4000-8000-000000000000
-#   go run ./example -addr 127.0.0.1:8080 -redis 127.0.0.1:6379 -session-key $K -broadcast-channel $B \
+#   go run ./example -addr 127.0.0.1:8080 -redis 127.0.0.1:6379 -session-key $K -broadcast-channel $B -admin alice \
 #     -publish-url 'http://127.0.0.1:8091/pub/{channel}' -subscribe-url '/sub/{channel}' &
-#   go run ./example -addr 127.0.0.1:8082 -redis 127.0.0.1:6379 -session-key $K -broadcast-channel $B \
+#   go run ./example -addr 127.0.0.1:8082 -redis 127.0.0.1:6379 -session-key $K -broadcast-channel $B -admin alice \
 #     -publish-url 'http://127.0.0.1:8093/pub/{channel}' -subscribe-url '/sub/{channel}' &
 #   nginx -e stderr -p "$(mktemp -d)" -c "$PWD/example/nginx/cluster/node1.conf" &
 #   nginx -e stderr -p "$(mktemp -d)" -c "$PWD/example/nginx/cluster/node2.conf" &
 #
-# then open http://127.0.0.1:8081/ and http://127.0.0.1:8083/.  What follows is
+# then open http://127.0.0.1:8081/ and http://127.0.0.1:8083/ (sign in as alice to
+# broadcast).  What follows is
 # ../nginx.conf (see its header for the locations) with this node's addresses, the
 # upstream nchan_redis and nchan_redis_pass in every Nchan location.  Where its
 # comments speak of the memory store: here the channels live in Redis.
@@ -252,7 +253,7 @@ func TestClusterRun(t *testing.T) {
 		waitRedisReady(t, n)
 		t.Cleanup(http.DefaultTransport.(*http.Transport).CloseIdleConnections)
 		startProgram(t, "-addr", fmt.Sprintf("127.0.0.1:%d", n.Ports["app"]), "-redis", rd.Addr, "-session-key", key,
-			"-publish-url", pubURL(n)+"/pub/{channel}", "-subscribe-url", "/sub/{channel}", "-broadcast-channel", bc)
+			"-publish-url", pubURL(n)+"/pub/{channel}", "-subscribe-url", "/sub/{channel}", "-broadcast-channel", bc, "-admin", "alice")
 		nodes = append(nodes, n)
 	}
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -23,6 +24,7 @@ import (
 	"github.com/sessionpush/sessionpush"
 	"github.com/sessionpush/sessionpush/internal/servers"
 	"github.com/sessionpush/sessionpush/nchan"
+	"github.com/sessionpush/sessionpush/relay"
 )
 
 // The shipped config, and the addresses in it that the tests replace by
@@ -105,7 +107,7 @@ func startNginxSite(t *testing.T) *nginxSite {
 	if err != nil {
 		t.Fatal(err)
 	}
-	app := httptest.NewUnstartedServer(newApp(mgr, store, log))
+	app := httptest.NewUnstartedServer(newApp(mgr, store, log, appConfig{Admin: "alice"}))
 	app.Listener.Close()
 	app.Listener = ln
 	app.Start()
@@ -146,7 +148,7 @@ func TestNginxRunBroadcastChannel(t *testing.T) {
 	id := sessionpush.SuggestedBroadcastChannel
 	n := startNginx(t, nginxConf(t))
 	startProgram(t, "-addr", fmt.Sprintf("127.0.0.1:%d", n.Ports["app"]),
-		"-publish-url", pubURL(n)+"/pub/{channel}", "-subscribe-url", "/sub/{channel}", "-broadcast-channel", id)
+		"-publish-url", pubURL(n)+"/pub/{channel}", "-subscribe-url", "/sub/{channel}", "-broadcast-channel", id, "-admin", "alice")
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections)
 	nc, err := nchan.New(pubURL(n)+"/pub/{channel}", nchan.Options{HTTPClient: &http.Client{Transport: tr}})
@@ -329,7 +331,7 @@ func TestNginxFlow(t *testing.T) {
 
 	bobSub := bob.subscribe()
 	news := `{"news":"hello, all"}`
-	if resp, body := bob.postJSON("/broadcast", news); resp.StatusCode != http.StatusOK || strings.TrimSpace(body) != `{"sent":2}` {
+	if resp, body := alice.postJSON("/broadcast", news); resp.StatusCode != http.StatusOK || strings.TrimSpace(body) != `{"sent":2}` {
 		t.Fatalf("broadcast: %s %s; want 200 {\"sent\":2}", resp.Status, body)
 	}
 	if _, data := es.next(); data != news {
@@ -439,8 +441,15 @@ func TestNginxRefusals(t *testing.T) {
 	if err != nil || info.Messages != 2 { // the opening message and "hi"
 		t.Errorf("channel after the refused requests: %+v, %v; want it open with 2 messages", info, err)
 	}
-	if resp, _ := alice.postJSON("/push", strings.Repeat("1", 64<<10)); resp.StatusCode != http.StatusNoContent {
-		t.Errorf("push of %d bytes (MaxMessageSize, client_max_body_size): %s; want 204", 64<<10, resp.Status)
+	if resp, _ := alice.postJSON("/push", strings.Repeat("1", maxBody)); resp.StatusCode != http.StatusNoContent {
+		t.Errorf("push of %d bytes (the example's cap): %s; want 204", maxBody, resp.Status)
+	}
+	if resp, _ := alice.postJSON("/push", strings.Repeat("1", maxBody+1)); resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("push of %d bytes (over the example's cap): %s; want 413", maxBody+1, resp.Status)
+	}
+	// The publisher takes the Manager's limit (client_max_body_size 64k).
+	if _, err := s.relay.Publish(t.Context(), sub.Channel, relay.Message{Body: bytes.Repeat([]byte("1"), 64<<10)}); err != nil {
+		t.Errorf("publish of %d bytes (MaxMessageSize, client_max_body_size): %v", 64<<10, err)
 	}
 }
 
