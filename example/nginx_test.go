@@ -90,8 +90,15 @@ type nginxSite struct {
 // stop would wait for one that a dial race of the Transport left unused.
 func startNginxSite(t *testing.T) *nginxSite {
 	t.Helper()
-	n := startNginx(t, nginxConf(t))
-	tr := &http.Transport{}
+	return startNginxSiteWith(t, nginxConf(t), nil)
+}
+
+// startNginxSiteWith is startNginxSite with conf (from nginxConf, maybe
+// edited), and mod, if not nil, adjusting the Manager's Config.
+func startNginxSiteWith(t *testing.T, conf string, mod func(*sessionpush.Config)) *nginxSite {
+	t.Helper()
+	n := startNginx(t, conf)
+	tr := &http.Transport{MaxIdleConnsPerHost: 64}
 	t.Cleanup(tr.CloseIdleConnections)
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	relay, err := nchan.New(pubURL(n)+"/pub/{channel}", nchan.Options{HTTPClient: &http.Client{Transport: tr}, Logger: log})
@@ -99,7 +106,11 @@ func startNginxSite(t *testing.T) *nginxSite {
 		t.Fatal(err)
 	}
 	store := newSessionStore(false)
-	mgr, err := sessionpush.New(sessionpush.Config{Sessions: store, Relay: relay, SubscriberURL: "/sub/{channel}", Logger: log})
+	cfg := sessionpush.Config{Sessions: store, Relay: relay, SubscriberURL: "/sub/{channel}", Logger: log}
+	if mod != nil {
+		mod(&cfg)
+	}
+	mgr, err := sessionpush.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -658,4 +658,30 @@ func TestInsufficientStorageIsRelayFull(t *testing.T) {
 	if e := (&Error{Op: "publish", Channel: "x", Status: http.StatusBadGateway}); errors.Is(e, relay.ErrRelayFull) {
 		t.Error("a 502 reads as relay.ErrRelayFull")
 	}
+	// A failed allocation is 500 on Nchan: full too, for a PUT or a POST
+	// with a body; a 500 to a GET is not.
+	five := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/new"):
+			http.NotFound(w, r)
+		case r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/old"):
+			io.WriteString(w, "queued messages: 1\r\nlast requested: -1 sec. ago\r\nactive subscribers: 0\r\nlast message id: 1795742138:0")
+		default:
+			http.Error(w, "Internal Server Error", http.StatusInternalServerError)
+		}
+	}))
+	defer five.Close()
+	c5, _ := New(five.URL+"/pub/{channel}", Options{})
+	_, openErr = c5.Open(ctx, "new")
+	_, pubErr = c5.Publish(ctx, "old", relay.Message{Body: []byte("x")})
+	_, infoErr := c5.Info(ctx, "broken")
+	for op, tc := range map[string]struct {
+		err  error
+		full bool
+	}{"open": {openErr, true}, "publish": {pubErr, true}, "info": {infoErr, false}} {
+		var e *Error
+		if !errors.As(tc.err, &e) || e.Status != 500 || errors.Is(tc.err, relay.ErrRelayFull) != tc.full {
+			t.Errorf("%s answered 500: %v; want an *Error of Status 500, relay.ErrRelayFull %v", op, tc.err, tc.full)
+		}
+	}
 }
