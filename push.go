@@ -29,6 +29,10 @@ var (
 	// ErrMessageTooLarge means a message body exceeds
 	// Config.MaxMessageSize; nothing was published.
 	ErrMessageTooLarge = relay.ErrMessageTooLarge
+	// ErrRelayFull means the relay had no memory left for the message
+	// (Nchan's shared memory is full) or the channel; nothing was
+	// published. It passes once messages expire: answer 503, not 502.
+	ErrRelayFull = relay.ErrRelayFull
 )
 
 // Push publishes msg to the open channel id. Data goes only to open

@@ -3,7 +3,9 @@ package sessionpush_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
+	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -209,5 +211,64 @@ func TestBroadcastJoinsFailuresAndBoundsConcurrency(t *testing.T) {
 	}
 	if m := fr.maxSeen.Load(); m > 2 || m < 1 {
 		t.Fatalf("%d publishes at once, want at most 2", m)
+	}
+}
+
+// fullRelay refuses Open and Publish with relay.ErrRelayFull while full is
+// set, as nchan.Client does when Nchan answers 507.
+type fullRelay struct {
+	*sessionpushtest.Relay
+	full atomic.Bool
+}
+
+func (f *fullRelay) Open(ctx context.Context, ch string) (string, error) {
+	if f.full.Load() {
+		return "", fmt.Errorf("open %s: %w", ch, relay.ErrRelayFull)
+	}
+	return f.Relay.Open(ctx, ch)
+}
+
+func (f *fullRelay) Publish(ctx context.Context, ch string, m relay.Message) (relay.Receipt, error) {
+	if f.full.Load() {
+		return relay.Receipt{}, fmt.Errorf("publish %s: %w", ch, relay.ErrRelayFull)
+	}
+	return f.Relay.Publish(ctx, ch, m)
+}
+
+// TestSubscribeWhenRelayFull: while the relay is out of memory,
+// /subscribe answers 503 (not 502) through the ErrorHandler with a
+// StatusError wrapping relay.ErrRelayFull, and the browser sees no internal
+// text; once memory is free, the same session subscribes and is pushed to.
+func TestSubscribeWhenRelayFull(t *testing.T) {
+	fr := &fullRelay{Relay: sessionpushtest.NewRelay()}
+	var handed atomic.Value
+	a := newApp(t, func(c *sessionpush.Config) {
+		c.Relay = fr
+		c.ErrorHandler = func(w http.ResponseWriter, r *http.Request, err error) {
+			handed.Store(err)
+			var se *sessionpush.StatusError
+			if !errors.As(err, &se) {
+				t.Errorf("ErrorHandler got %T %v; want a *StatusError", err, err)
+				return
+			}
+			http.Error(w, http.StatusText(se.Status), se.Status)
+		}
+	})
+	alice := a.browser().login("alice")
+	fr.full.Store(true)
+	resp := alice.do("POST", "/subscribe", nil)
+	body := readAll(t, resp)
+	if resp.StatusCode != http.StatusServiceUnavailable || strings.Contains(body, "memory") {
+		t.Fatalf("/subscribe while the relay is full: %d %q; want 503 without the cause", resp.StatusCode, body)
+	}
+	err, _ := handed.Load().(error)
+	var se *sessionpush.StatusError
+	if !errors.As(err, &se) || se.Status != http.StatusServiceUnavailable || !errors.Is(err, relay.ErrRelayFull) {
+		t.Fatalf("ErrorHandler got %v; want a 503 StatusError wrapping relay.ErrRelayFull", err)
+	}
+	fr.full.Store(false)
+	sub := alice.subscribe()
+	if _, err := a.mgr.Push(context.Background(), sub.Channel, sessionpush.Message{Body: []byte(`"back"`)}); err != nil {
+		t.Fatalf("push once memory is free: %v", err)
 	}
 }

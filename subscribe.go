@@ -61,7 +61,7 @@ func statusOf(err error) int {
 	switch {
 	case errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout
-	case errors.Is(err, relay.ErrClosed):
+	case errors.Is(err, relay.ErrClosed), errors.Is(err, relay.ErrRelayFull):
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusBadGateway

@@ -57,7 +57,8 @@ func startSite(t *testing.T, relay, origin string, args ...string) *site {
 	key := make([]byte, 32)
 	rand.Read(key)
 	// A fixed session key, so that sessions survive a restart of the program.
-	keyArg := append([]string{"-session-key", hex.EncodeToString(key)}, args...)
+	// alice, who broadcasts in the tests, is the -admin.
+	keyArg := append([]string{"-session-key", hex.EncodeToString(key), "-admin", "alice"}, args...)
 	switch relay {
 	case "embedded":
 		s.app = startApp(t, fmt.Sprintf("127.0.0.1:%d", servers.FreePort(t)), keyArg...)
@@ -70,7 +71,7 @@ func startSite(t *testing.T, relay, origin string, args ...string) *site {
 			}
 		})
 		s.app = startApp(t, fmt.Sprintf("127.0.0.1:%d", s.nginx.Ports["app"]), append(keyArg,
-			"-publish-url", s.nginx.URL+"/pub/{channel}", "-subscribe-url", "/sub/{channel}")...)
+			"-publish-url", fmt.Sprintf("http://127.0.0.1:%d/pub/{channel}", s.nginx.Ports["pub"]), "-subscribe-url", "/sub/{channel}")...)
 		s.URL = s.nginx.URL
 		waitHTTP(t, s.URL+"/client.js", nil) // through nginx
 	default:
@@ -102,15 +103,17 @@ func (s *site) startRelay() {
 
 // The addresses in ../example/nginx/nginx.conf that the tests replace.
 const (
-	shippedConf     = "../example/nginx/nginx.conf"
-	shippedListen   = "listen 127.0.0.1:8081;"
-	shippedOrigin   = "127.0.0.1:8081" // also in nchan_access_control_allow_origin
-	shippedUpstream = "server 127.0.0.1:8080;"
+	shippedConf      = "../example/nginx/nginx.conf"
+	shippedListen    = "listen 127.0.0.1:8081;"
+	shippedPubListen = "listen 127.0.0.1:8091;" // the publisher's loopback server
+	shippedOrigin    = "127.0.0.1:8081"         // also in nchan_access_control_allow_origin
+	shippedUpstream  = "server 127.0.0.1:8080;"
 )
 
 // nginxConf returns the shipped config as a template for
 // servers.StartNginxWith, as example/nginx_test.go does: nginx listens on
-// {{.Addr}}, the app on {{port "app"}}, and the other mentions of nginx's
+// {{.Addr}}, its publisher server on {{port "pub"}}, the app on
+// {{port "app"}}, and the other mentions of nginx's
 // address (the allowed Origin) name origin, or {{.Addr}} when it is empty.
 func nginxConf(t *testing.T, origin string) string {
 	t.Helper()
@@ -119,7 +122,7 @@ func nginxConf(t *testing.T, origin string) string {
 		t.Fatal(err)
 	}
 	conf := string(b)
-	for _, want := range []string{shippedListen, shippedUpstream, "nchan_access_control_allow_origin http://" + shippedOrigin + ";"} {
+	for _, want := range []string{shippedListen, shippedPubListen, shippedUpstream, "nchan_access_control_allow_origin http://" + shippedOrigin + ";"} {
 		if !strings.Contains(conf, want) {
 			t.Fatalf("%s lacks %q: the tests replace its addresses", shippedConf, want)
 		}
@@ -131,6 +134,7 @@ func nginxConf(t *testing.T, origin string) string {
 		origin = "{{.Addr}}"
 	}
 	conf = strings.ReplaceAll(conf, shippedListen, "listen {{.Addr}};")
+	conf = strings.ReplaceAll(conf, shippedPubListen, `listen 127.0.0.1:{{port "pub"}};`)
 	conf = strings.ReplaceAll(conf, shippedUpstream, `server 127.0.0.1:{{port "app"}};`)
 	return strings.ReplaceAll(conf, shippedOrigin, origin)
 }

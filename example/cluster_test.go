@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -32,14 +33,14 @@ const (
 )
 
 // clusterNode is one nginx+Nchan node of nginx/cluster/: nginx on listen,
-// in front of the app on app.
+// in front of the app on app, with its publisher server on publisher.
 type clusterNode struct {
-	file, listen, app string
+	file, listen, publisher, app string
 }
 
 var clusterNodes = []clusterNode{
-	{"nginx/cluster/node1.conf", "127.0.0.1:8081", "127.0.0.1:8080"},
-	{"nginx/cluster/node2.conf", "127.0.0.1:8083", "127.0.0.1:8082"},
+	{"nginx/cluster/node1.conf", "127.0.0.1:8081", "127.0.0.1:8091", "127.0.0.1:8080"},
+	{"nginx/cluster/node2.conf", "127.0.0.1:8083", "127.0.0.1:8093", "127.0.0.1:8082"},
 }
 
 // clusterHeader replaces the shipped config's header comment (everything
@@ -50,9 +51,9 @@ const clusterHeader = `# GENERATED from ../nginx.conf by TestClusterConfigsInSyn
 #
 # The sessionpush example scaled out: two app instances and two nginx + Nchan nodes,
 # sharing one Redis (README.md, "Scaling out").  This file is node %d:
-# http://%s/ in front of the app on %s.
-#   node 1: nginx 127.0.0.1:8081 -> app 127.0.0.1:8080   (cluster/node1.conf)
-#   node 2: nginx 127.0.0.1:8083 -> app 127.0.0.1:8082   (cluster/node2.conf)
+# http://%s/ in front of the app on %s, the publisher on %s.
+#   node 1: nginx 127.0.0.1:8081 -> app 127.0.0.1:8080, publisher 127.0.0.1:8091   (cluster/node1.conf)
+#   node 2: nginx 127.0.0.1:8083 -> app 127.0.0.1:8082, publisher 127.0.0.1:8093   (cluster/node2.conf)
 # Both nodes keep Nchan's channels, buffers and listener counts in the Redis at
 # %s (namespace %s); both apps keep their open channels there (-redis)
 # and sign cookies with one -session-key, so a session may sign in, listen and push
@@ -61,14 +62,15 @@ const clusterHeader = `# GENERATED from ../nginx.conf by TestClusterConfigsInSyn
 #   redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no &
 #   K=$(head -c32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 #   B=b0adca57-0000-4000-8000-000000000000
-#   go run ./example -addr 127.0.0.1:8080 -redis 127.0.0.1:6379 -session-key $K -broadcast-channel $B \
-#     -publish-url 'http://127.0.0.1:8081/pub/{channel}' -subscribe-url '/sub/{channel}' &
-#   go run ./example -addr 127.0.0.1:8082 -redis 127.0.0.1:6379 -session-key $K -broadcast-channel $B \
-#     -publish-url 'http://127.0.0.1:8083/pub/{channel}' -subscribe-url '/sub/{channel}' &
+#   go run ./example -addr 127.0.0.1:8080 -redis 127.0.0.1:6379 -session-key $K -broadcast-channel $B -admin alice \
+#     -publish-url 'http://127.0.0.1:8091/pub/{channel}' -subscribe-url '/sub/{channel}' &
+#   go run ./example -addr 127.0.0.1:8082 -redis 127.0.0.1:6379 -session-key $K -broadcast-channel $B -admin alice \
+#     -publish-url 'http://127.0.0.1:8093/pub/{channel}' -subscribe-url '/sub/{channel}' &
 #   nginx -e stderr -p "$(mktemp -d)" -c "$PWD/example/nginx/cluster/node1.conf" &
 #   nginx -e stderr -p "$(mktemp -d)" -c "$PWD/example/nginx/cluster/node2.conf" &
 #
-# then open http://127.0.0.1:8081/ and http://127.0.0.1:8083/.  What follows is
+# then open http://127.0.0.1:8081/ and http://127.0.0.1:8083/ (sign in as alice to
+# broadcast).  What follows is
 # ../nginx.conf (see its header for the locations) with this node's addresses, the
 # upstream nchan_redis and nchan_redis_pass in every Nchan location.  Where its
 # comments speak of the memory store: here the channels live in Redis.
@@ -103,7 +105,7 @@ func clusterConf(shipped string, node int) (string, error) {
 		return "", fmt.Errorf("%s: no line starting with `load_module ` to end the header at", shippedConf)
 	}
 	conf := shipped[i+1:]
-	for _, s := range []string{"listen " + shippedListen + ";", "server " + shippedUpstream + ";"} {
+	for _, s := range []string{"listen " + shippedListen + ";", "listen " + shippedPublisher + ";", "server " + shippedUpstream + ";"} {
 		if strings.Count(conf, s) != 1 {
 			return "", fmt.Errorf("%s: want one %q", shippedConf, s)
 		}
@@ -112,6 +114,7 @@ func clusterConf(shipped string, node int) (string, error) {
 		return "", fmt.Errorf("%s: already mentions nchan_redis or %s; the cluster configs add them", shippedConf, clusterRedis)
 	}
 	conf = strings.ReplaceAll(conf, shippedListen, n.listen)
+	conf = strings.ReplaceAll(conf, shippedPublisher, n.publisher)
 	conf = strings.ReplaceAll(conf, shippedUpstream, n.app)
 
 	const upstream = "\n  upstream app {\n"
@@ -126,7 +129,7 @@ func clusterConf(shipped string, node int) (string, error) {
 			shippedConf, endpoints, channels)
 	}
 	conf = nchanChannelLine.ReplaceAllString(conf, "${0}${1}nchan_redis_pass nchan_redis;\n")
-	return fmt.Sprintf(clusterHeader, node, n.listen, n.app, clusterRedis, clusterNamespace) + conf, nil
+	return fmt.Sprintf(clusterHeader, node, n.listen, n.app, n.publisher, clusterRedis, clusterNamespace) + conf, nil
 }
 
 // TestClusterConfigsInSync checks that nginx/cluster/node*.conf are what
@@ -202,8 +205,8 @@ func firstDiff(got, want string) string {
 }
 
 // clusterNodeConf returns the committed nginx/cluster/node<node>.conf as a
-// template for servers.StartNginxWith: nginx on {{.Addr}}, the app on
-// {{port "app"}}, Redis at {{.Redis}}.
+// template for servers.StartNginxWith: nginx on {{.Addr}}, its publisher
+// server on {{port "pub"}}, the app on {{port "app"}}, Redis at {{.Redis}}.
 func clusterNodeConf(t *testing.T, node int) string {
 	t.Helper()
 	n := clusterNodes[node-1]
@@ -212,7 +215,7 @@ func clusterNodeConf(t *testing.T, node int) string {
 		t.Fatal(err)
 	}
 	conf := string(b)
-	for _, s := range []string{"listen " + n.listen + ";", "server " + n.app + ";", "redis://" + clusterRedis + ";"} {
+	for _, s := range []string{"listen " + n.listen + ";", "listen " + n.publisher + ";", "server " + n.app + ";", "redis://" + clusterRedis + ";"} {
 		if !strings.Contains(conf, s) {
 			t.Fatalf("%s: no %q to replace", n.file, s)
 		}
@@ -221,6 +224,7 @@ func clusterNodeConf(t *testing.T, node int) string {
 		t.Fatalf("%s: has {{; the test renders it as a template", n.file)
 	}
 	conf = strings.ReplaceAll(conf, n.listen, "{{.Addr}}")
+	conf = strings.ReplaceAll(conf, n.publisher, `127.0.0.1:{{port "pub"}}`)
 	conf = strings.ReplaceAll(conf, n.app, `127.0.0.1:{{port "app"}}`)
 	return strings.ReplaceAll(conf, clusterRedis, "{{.Redis}}")
 }
@@ -240,15 +244,16 @@ func TestClusterRun(t *testing.T) {
 
 	var nodes []*servers.Nginx
 	for node := 1; node <= len(clusterNodes); node++ {
-		// Ready once Nchan is connected to Redis: a channel never opened is
-		// 503 before, 404 after.
+		// Ready once nginx answers; Nchan connects to Redis meanwhile
+		// (waitRedisReady).
 		n := servers.StartNginxWith(t, clusterNodeConf(t, node), servers.NginxOptions{
 			Vars:      map[string]any{"Redis": rd.Addr},
 			ReadyPath: "/pub/" + uuid.NewString(),
 		})
+		waitRedisReady(t, n)
 		t.Cleanup(http.DefaultTransport.(*http.Transport).CloseIdleConnections)
 		startProgram(t, "-addr", fmt.Sprintf("127.0.0.1:%d", n.Ports["app"]), "-redis", rd.Addr, "-session-key", key,
-			"-publish-url", n.URL+"/pub/{channel}", "-subscribe-url", "/sub/{channel}", "-broadcast-channel", bc)
+			"-publish-url", pubURL(n)+"/pub/{channel}", "-subscribe-url", "/sub/{channel}", "-broadcast-channel", bc, "-admin", "alice")
 		nodes = append(nodes, n)
 	}
 
@@ -308,6 +313,7 @@ func TestClusterConfAnchors(t *testing.T) {
 	for name, edit := range map[string]func(string) string{
 		"no load_module":      func(s string) string { return strings.Replace(s, "\nload_module ", "\n#load_module ", 1) },
 		"no listen":           func(s string) string { return strings.Replace(s, "listen "+shippedListen, "listen 127.0.0.1:9", 1) },
+		"no publisher listen": func(s string) string { return strings.Replace(s, "listen "+shippedPublisher, "listen 127.0.0.1:9", 1) },
 		"no upstream app":     func(s string) string { return strings.Replace(s, "upstream app {", "upstream backend {", 1) },
 		"no nchan_channel_id": func(s string) string { return strings.Replace(s, "nchan_channel_id $1;", "nchan_channel_id\t$1;", 1) },
 		"Redis already":       func(s string) string { return strings.Replace(s, "http {\n", "http {\n  # nchan_redis\n", 1) },
@@ -316,6 +322,22 @@ func TestClusterConfAnchors(t *testing.T) {
 			t.Errorf("%s: no error", name)
 		} else {
 			t.Logf("%s: %v", name, err)
+		}
+	}
+}
+
+// waitRedisReady waits until n's Nchan has its Redis: a channel never
+// opened answers 503 on the publisher server before, 404 after.
+func waitRedisReady(t *testing.T, n *servers.Nginx) {
+	t.Helper()
+	u := pubURL(n) + "/pub/" + uuid.NewString()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		status, err := request(guardCase{method: "GET", url: u})
+		if err == nil && status == http.StatusNotFound {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nginx on %s: Nchan without Redis after 10 s: GET %s: %d %v", n.Addr, u, status, err)
 		}
 	}
 }

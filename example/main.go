@@ -14,8 +14,11 @@
 // then it publishes there and nginx serves the listeners. nginx/nginx.conf
 // serves the app and Nchan on one origin:
 //
-//	go run ./example -publish-url 'http://127.0.0.1:8081/pub/{channel}' -subscribe-url '/sub/{channel}'
+//	go run ./example -publish-url 'http://127.0.0.1:8091/pub/{channel}' -subscribe-url '/sub/{channel}'
 //	nginx -e stderr -p "$(mktemp -d)" -c "$PWD/example/nginx/nginx.conf"   # then open http://127.0.0.1:8081
+//
+// nginx serves the publisher on a loopback port of its own (8091), apart
+// from the public one (8081) that browsers and proxies reach.
 //
 // Sessions live in cookies signed with -session-key (64 hex digits), or
 // SESSIONPUSH_SESSION_KEY when the flag is absent; without either, with a
@@ -32,9 +35,17 @@
 //	GET /sub/{channel}   listen (WebSocket, EventSource or long-poll); 404 with -publish-url
 //	GET /authorize       for nchan_authorize_request: 204 if the session owns the channel
 //	POST /push           push the JSON body to your own channel
-//	POST /broadcast      push the JSON body to every open channel: {"sent":N}
+//	POST /broadcast      for the -admin user only: push the JSON body to every open
+//	                     channel (or the broadcast channel): {"sent":N}
 //	GET /                the page
 //	GET /client.js       the browser client
+//
+// What one request may cost the relay is bounded, as a real application
+// would bound it: bodies of /push and /broadcast are at most 4 KiB (413),
+// each session may send 10 of them at once and then one a second (429 with
+// Retry-After), and only the user named by -admin may broadcast (403 for
+// everyone else; nobody without -admin). A relay out of memory
+// (sessionpush.ErrRelayFull) gives 503 with Retry-After.
 package main
 
 import (
@@ -53,6 +64,8 @@ import (
 	"os"
 	"os/signal"
 	"regexp"
+	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -78,9 +91,22 @@ const (
 	userKey     = sessionpush.DefaultUserKey     // "user"
 )
 
-// maxBody caps the JSON bodies of /push and /broadcast: the Manager's
-// default message size.
-const maxBody = sessionpush.DefaultMaxMessageSize
+// maxBody caps the JSON bodies of /push and /broadcast: what a chat line or
+// a notification needs, far below the Manager's limit
+// (sessionpush.DefaultMaxMessageSize, 64 KiB), so that a channel's buffer of
+// 10 messages holds at most 40 KiB.
+const maxBody = 4 << 10
+
+// The token bucket of each session for /push and /broadcast: sendBurst
+// requests at once, then one every sendEvery.
+const (
+	sendBurst = 10 // a channel's buffer (sessionpush.DefaultBufferLength)
+	sendEvery = time.Second
+)
+
+// relayFullRetry is the Retry-After of a 503 when the relay is out of
+// memory: messages expire meanwhile.
+const relayFullRetry = 10 * time.Second
 
 var validUser = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
@@ -100,7 +126,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	debug := fs.Bool("debug", false, "log debug events too (channels opened and closed, refused requests)")
 	// Empty: the embedded relay. Else an nchan.Client publishes to this
 	// template and nginx serves the listeners (see nginx/nginx.conf).
-	publishURL := fs.String("publish-url", "", "publish to the Nchan publisher `URL` with {channel}, e.g. http://127.0.0.1:8081/pub/{channel}")
+	publishURL := fs.String("publish-url", "", "publish to the Nchan publisher `URL` with {channel}, e.g. http://127.0.0.1:8091/pub/{channel} (nginx/nginx.conf)")
 	// Config.SubscriberURL: where /subscribe sends the page to listen.
 	subscribeURL := fs.String("subscribe-url", "", "the listening `URL` with {channel} that /subscribe returns, relative to the page or absolute (default /sub/{channel})")
 	// Empty: the in-memory channel store. Else redisstore on this Redis,
@@ -111,6 +137,10 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	// and Broadcast publishes once to it. With Nchan, nginx/nginx.conf has
 	// the location for sessionpush.SuggestedBroadcastChannel.
 	broadcastChannel := fs.String("broadcast-channel", "", "also open the broadcast channel with this `id` (a lower-case UUIDv4, e.g. "+sessionpush.SuggestedBroadcastChannel+") to every signed-in session, and broadcast with one publish to it")
+	// Broadcasts cost the relay one message per open channel (or one on
+	// the broadcast channel that every session listens to): only this
+	// user may send them.
+	admin := fs.String("admin", "", "let the user `name` broadcast (/broadcast); nobody else may, and without it nobody")
 	sessionKey := fs.String("session-key", "", "sign session cookies with this `key` of 64 hex digits, so that sessions survive a restart (default $"+sessionKeyEnv+", else a random key)")
 	tlsCert := fs.String("tls-cert", "", "serve HTTPS (and HTTP/2) with the certificate chain in this PEM `file`; needs -tls-key")
 	tlsKey := fs.String("tls-key", "", "the private key of -tls-cert, a PEM `file`")
@@ -141,6 +171,9 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	key, err := parseSessionKey(*sessionKey)
 	if err != nil {
 		return err
+	}
+	if *admin != "" && !validUser.MatchString(*admin) {
+		return errors.New("-admin: 1 to 64 letters, digits, '_' or '-'")
 	}
 	if key == nil {
 		key = securecookie.GenerateRandomKey(32)
@@ -185,7 +218,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	srv := &http.Server{
-		Handler:           newApp(mgr, store, log),
+		Handler:           newApp(mgr, store, log, appConfig{Admin: *admin}),
 		ReadHeaderTimeout: 10 * time.Second,
 		WriteTimeout:      30 * time.Second, // the relay lifts it for its listeners
 		IdleTimeout:       2 * time.Minute,
@@ -266,16 +299,26 @@ func newSessionStoreWithKey(key []byte, secure bool) *sessions.CookieStore {
 	return store
 }
 
+// appConfig holds the settings of the routes.
+type appConfig struct {
+	// Admin is the user who may broadcast; empty: nobody.
+	Admin string
+	// Now is the clock of the send limit; nil means time.Now.
+	Now func() time.Time
+}
+
 type app struct {
 	mgr      *sessionpush.Manager
 	sessions sessions.Store
 	log      *slog.Logger
+	admin    string
+	sends    *limiter // per session: /push and /broadcast
 }
 
 // newApp returns the example's routes behind the Manager's middleware, which
 // gives every signed-in request its channel.
-func newApp(mgr *sessionpush.Manager, store sessions.Store, log *slog.Logger) http.Handler {
-	a := &app{mgr: mgr, sessions: store, log: log}
+func newApp(mgr *sessionpush.Manager, store sessions.Store, log *slog.Logger, cfg appConfig) http.Handler {
+	a := &app{mgr: mgr, sessions: store, log: log, admin: cfg.Admin, sends: newLimiter(sendBurst, sendEvery, cfg.Now)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /login", a.login)
 	mux.HandleFunc("POST /logout", a.logout)
@@ -295,9 +338,13 @@ func newApp(mgr *sessionpush.Manager, store sessions.Store, log *slog.Logger) ht
 
 // home renders the page: the sign-in form, or who you are and the live view.
 func (a *app) home(w http.ResponseWriter, r *http.Request) {
-	var data struct{ User string }
+	var data struct {
+		User  string
+		Admin bool
+	}
 	if ch := sessionpush.CurrentChannel(r); ch != nil { // only signed-in sessions have one
 		data.User = ch.User
+		data.Admin = a.admin != "" && ch.User == a.admin
 	}
 	h := w.Header()
 	h.Set("Content-Type", "text/html; charset=utf-8")
@@ -350,6 +397,9 @@ func (a *app) push(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusUnauthorized, errorJSON("sign in first"))
 		return
 	}
+	if !a.allowSend(w, ch) {
+		return
+	}
 	body, ok := readJSON(w, r)
 	if !ok {
 		return
@@ -358,6 +408,9 @@ func (a *app) push(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, sessionpush.ErrChannelNotFound):
 		writeJSON(w, http.StatusConflict, errorJSON("channel not open: call /subscribe first"))
+	case errors.Is(err, sessionpush.ErrRelayFull):
+		a.log.Warn("push: the relay is full", "user", ch.User, "err", err)
+		relayFull(w)
 	case err != nil:
 		a.log.Error("push", "user", ch.User, "err", err)
 		writeJSON(w, http.StatusBadGateway, errorJSON("push failed"))
@@ -367,10 +420,18 @@ func (a *app) push(w http.ResponseWriter, r *http.Request) {
 }
 
 // broadcast pushes the JSON body to every open channel and answers how many
-// received it.
+// received it. Only the -admin user may.
 func (a *app) broadcast(w http.ResponseWriter, r *http.Request) {
-	if sessionpush.CurrentChannel(r) == nil {
+	ch := sessionpush.CurrentChannel(r)
+	if ch == nil {
 		writeJSON(w, http.StatusUnauthorized, errorJSON("sign in first"))
+		return
+	}
+	if a.admin == "" || ch.User != a.admin {
+		writeJSON(w, http.StatusForbidden, errorJSON("only the administrator may broadcast"))
+		return
+	}
+	if !a.allowSend(w, ch) {
 		return
 	}
 	body, ok := readJSON(w, r)
@@ -378,12 +439,33 @@ func (a *app) broadcast(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	n, err := a.mgr.Broadcast(r.Context(), json.RawMessage(body))
-	if err != nil {
+	switch {
+	case err != nil && n == 0 && errors.Is(err, sessionpush.ErrRelayFull):
+		a.log.Warn("broadcast: the relay is full", "err", err)
+		relayFull(w)
+	case err != nil:
 		a.log.Error("broadcast", "sent", n, "err", err)
 		writeJSON(w, http.StatusBadGateway, map[string]any{"sent": n, "error": "some channels failed"})
-		return
+	default:
+		writeJSON(w, http.StatusOK, map[string]int{"sent": n})
 	}
-	writeJSON(w, http.StatusOK, map[string]int{"sent": n})
+}
+
+// allowSend takes a token of the session's bucket, or answers 429 with
+// Retry-After and reports false.
+func (a *app) allowSend(w http.ResponseWriter, ch *sessionpush.Channel) bool {
+	ok, wait := a.sends.allow(ch.ID)
+	if !ok {
+		w.Header().Set("Retry-After", strconv.Itoa(int((wait+time.Second-1)/time.Second)))
+		writeJSON(w, http.StatusTooManyRequests, errorJSON("too many messages: wait a moment"))
+	}
+	return ok
+}
+
+// relayFull answers 503 when the relay is out of memory.
+func relayFull(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", strconv.Itoa(int(relayFullRetry/time.Second)))
+	writeJSON(w, http.StatusServiceUnavailable, errorJSON("push is busy: try again later"))
 }
 
 // readJSON reads a body that must be one JSON value of at most maxBody
@@ -393,7 +475,7 @@ func readJSON(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	var tooLarge *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooLarge):
-		writeJSON(w, http.StatusRequestEntityTooLarge, errorJSON("body over 64 KiB"))
+		writeJSON(w, http.StatusRequestEntityTooLarge, errorJSON("body over 4 KiB"))
 	case err != nil:
 		writeJSON(w, http.StatusBadRequest, errorJSON("cannot read the body"))
 	case !json.Valid(body):
@@ -411,4 +493,63 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(v)
+}
+
+// limiter is a token bucket per key: burst tokens, one more every every.
+// Full buckets are dropped now and then, so that it holds about the keys
+// seen within the last burst × every.
+type limiter struct {
+	burst float64
+	every time.Duration
+	now   func() time.Time
+
+	mu        sync.Mutex
+	buckets   map[string]*bucket
+	pruneSize int // prune when the map reaches this size
+}
+
+type bucket struct {
+	tokens float64
+	at     time.Time
+}
+
+func newLimiter(burst int, every time.Duration, now func() time.Time) *limiter {
+	if now == nil {
+		now = time.Now
+	}
+	return &limiter{burst: float64(burst), every: every, now: now, buckets: map[string]*bucket{}, pruneSize: 1024}
+}
+
+// allow takes a token for key, or reports false and how long until one is
+// there.
+func (l *limiter) allow(key string) (bool, time.Duration) {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.buckets[key]
+	if b == nil {
+		if len(l.buckets) >= l.pruneSize {
+			l.prune(now)
+		}
+		b = &bucket{tokens: l.burst, at: now}
+		l.buckets[key] = b
+	}
+	b.tokens = min(l.burst, b.tokens+float64(now.Sub(b.at))/float64(l.every))
+	b.at = now
+	if b.tokens < 1 {
+		return false, time.Duration((1 - b.tokens) * float64(l.every))
+	}
+	b.tokens--
+	return true, 0
+}
+
+// prune drops the buckets that are full by now.
+func (l *limiter) prune(now time.Time) {
+	full := time.Duration(l.burst * float64(l.every))
+	for k, b := range l.buckets {
+		if now.Sub(b.at) >= full {
+			delete(l.buckets, k)
+		}
+	}
+	l.pruneSize = max(1024, 2*len(l.buckets))
 }

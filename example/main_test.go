@@ -28,7 +28,13 @@ type testApp struct {
 	mgr *sessionpush.Manager
 }
 
+// newTestApp serves the example with alice as its -admin.
 func newTestApp(t *testing.T) *testApp {
+	t.Helper()
+	return newTestAppWith(t, appConfig{Admin: "alice"})
+}
+
+func newTestAppWith(t *testing.T, cfg appConfig) *testApp {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	store := newSessionStore(false)
@@ -37,7 +43,7 @@ func newTestApp(t *testing.T) *testApp {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(newApp(mgr, store, log))
+	srv := httptest.NewServer(newApp(mgr, store, log, cfg))
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() { h.Shutdown(context.Background()) }) // first: ends waiting listeners
 	return &testApp{Server: srv, hub: h, mgr: mgr}
@@ -320,11 +326,14 @@ func TestBroadcast(t *testing.T) {
 	carol.mustLogin("carol") // signed in, but her channel is never opened
 	subs := map[*browser]sessionpush.Subscription{alice: alice.subscribe(), bob: bob.subscribe()}
 
-	if resp, _ := carol.postJSON("/broadcast", `nope`); resp.StatusCode != http.StatusBadRequest {
+	if resp, _ := alice.postJSON("/broadcast", `nope`); resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("broadcast of non-JSON: %s; want 400", resp.Status)
 	}
 	news := `{"news":"hello, all"}`
-	resp, body := carol.postJSON("/broadcast", news)
+	if resp, body := carol.postJSON("/broadcast", news); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("broadcast by carol, not the -admin: %s %s; want 403", resp.Status, body)
+	}
+	resp, body := alice.postJSON("/broadcast", news)
 	if resp.StatusCode != http.StatusOK || strings.TrimSpace(body) != `{"sent":2}` {
 		t.Fatalf("broadcast: %s %s; want 200 {\"sent\":2}", resp.Status, body)
 	}
@@ -417,6 +426,12 @@ func TestPage(t *testing.T) {
 	}
 	if strings.Contains(body, `action="/login"`) {
 		t.Errorf("signed-in page still shows the sign-in form")
+	}
+	bob := a.browser(t)
+	bob.mustLogin("bob")
+	if _, body := bob.do("GET", "/", "", ""); !strings.Contains(body, `id="push"`) || strings.Contains(body, `id="broadcast"`) {
+		t.Errorf("bob's page (not the -admin): push button %v, broadcast button %v; want only push",
+			strings.Contains(body, `id="push"`), strings.Contains(body, `id="broadcast"`))
 	}
 	if resp, _ := b.do("GET", "/index.html", "", ""); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("GET /index.html: %s; want 404", resp.Status)
@@ -518,6 +533,7 @@ func TestRunFlags(t *testing.T) {
 		{"-session-key", "abc"},
 		{"-session-key", strings.Repeat("g", 64)},
 		{"-broadcast-channel", "B0ADCA57-0000-4000-8000-000000000000"},
+		{"-admin", "a b"},
 	} {
 		if err := run(t.Context(), append(args, "-addr", "127.0.0.1:0"), io.Discard); err == nil {
 			t.Errorf("run %q: no error", args)
@@ -531,7 +547,7 @@ func TestRunFlags(t *testing.T) {
 // flag, /subscribe has no "broadcast".
 func TestRunBroadcastChannel(t *testing.T) {
 	id := sessionpush.SuggestedBroadcastChannel
-	p := startProgram(t, "-addr", "127.0.0.1:0", "-broadcast-channel", id)
+	p := startProgram(t, "-addr", "127.0.0.1:0", "-broadcast-channel", id, "-admin", "alice")
 	b := newBrowser(t, p.URL)
 	b.mustLogin("alice")
 	resp, body := b.do("POST", "/subscribe", "", "")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -23,22 +24,25 @@ import (
 	"github.com/sessionpush/sessionpush"
 	"github.com/sessionpush/sessionpush/internal/servers"
 	"github.com/sessionpush/sessionpush/nchan"
+	"github.com/sessionpush/sessionpush/relay"
 )
 
 // The shipped config, and the addresses in it that the tests replace by
 // free ports.
 const (
-	shippedConf     = "nginx/nginx.conf"
-	shippedListen   = "127.0.0.1:8081" // nginx
-	shippedUpstream = "127.0.0.1:8080" // the app
+	shippedConf      = "nginx/nginx.conf"
+	shippedListen    = "127.0.0.1:8081" // nginx, public
+	shippedPublisher = "127.0.0.1:8091" // nginx, the publisher's loopback server
+	shippedUpstream  = "127.0.0.1:8080" // the app
 )
 
 // futureIMS is an If-Modified-Since far in the future, half of the input
-// that aborts an unguarded Nchan 1.3.6 worker (relay-protocol.md §10a).
+// that aborts an unguarded Nchan 1.3.6 worker (docs/nginx.md, "The guard").
 const futureIMS = "Fri, 01 Jan 2100 00:00:00 GMT"
 
 // nginxConf returns the shipped config as a template for
-// servers.StartNginx: nginx on {{.Addr}}, the app on {{port "app"}}.
+// servers.StartNginx: nginx on {{.Addr}}, its publisher server on
+// {{port "pub"}} (see pubURL), the app on {{port "app"}}.
 func nginxConf(t *testing.T) string {
 	t.Helper()
 	b, err := os.ReadFile(shippedConf)
@@ -46,17 +50,24 @@ func nginxConf(t *testing.T) string {
 		t.Fatal(err)
 	}
 	conf := string(b)
-	if !strings.Contains(conf, "listen "+shippedListen+";") || !strings.Contains(conf, "server "+shippedUpstream+";") ||
-		strings.Contains(conf, "{{") {
-		t.Fatalf("%s: want `listen %s;`, `server %s;` and no {{: the tests replace the addresses and render it as a template",
-			shippedConf, shippedListen, shippedUpstream)
+	for _, s := range []string{"listen " + shippedListen + ";", "listen " + shippedPublisher + ";", "server " + shippedUpstream + ";"} {
+		if strings.Count(conf, s) != 1 {
+			t.Fatalf("%s: want one %q: the tests replace the addresses", shippedConf, s)
+		}
+	}
+	if strings.Contains(conf, "{{") {
+		t.Fatalf("%s: has {{; the tests render it as a template", shippedConf)
 	}
 	conf = strings.ReplaceAll(conf, shippedListen, "{{.Addr}}")
+	conf = strings.ReplaceAll(conf, shippedPublisher, `127.0.0.1:{{port "pub"}}`)
 	return strings.ReplaceAll(conf, shippedUpstream, `127.0.0.1:{{port "app"}}`)
 }
 
+// pubURL is the base URL of n's publisher server ({{port "pub"}}).
+func pubURL(n *servers.Nginx) string { return fmt.Sprintf("http://127.0.0.1:%d", n.Ports["pub"]) }
+
 // startNginx starts nginx with conf (from nginxConf, maybe edited), ready
-// once Nchan answers its publisher location.
+// once it answers (it binds both servers' ports before it does).
 func startNginx(t *testing.T, conf string) *servers.Nginx {
 	t.Helper()
 	n := servers.StartNginxWith(t, conf, servers.NginxOptions{ReadyPath: "/pub/" + uuid.NewString()})
@@ -79,16 +90,27 @@ type nginxSite struct {
 // stop would wait for one that a dial race of the Transport left unused.
 func startNginxSite(t *testing.T) *nginxSite {
 	t.Helper()
-	n := startNginx(t, nginxConf(t))
-	tr := &http.Transport{}
+	return startNginxSiteWith(t, nginxConf(t), nil)
+}
+
+// startNginxSiteWith is startNginxSite with conf (from nginxConf, maybe
+// edited), and mod, if not nil, adjusting the Manager's Config.
+func startNginxSiteWith(t *testing.T, conf string, mod func(*sessionpush.Config)) *nginxSite {
+	t.Helper()
+	n := startNginx(t, conf)
+	tr := &http.Transport{MaxIdleConnsPerHost: 64}
 	t.Cleanup(tr.CloseIdleConnections)
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	relay, err := nchan.New(n.URL+"/pub/{channel}", nchan.Options{HTTPClient: &http.Client{Transport: tr}, Logger: log})
+	relay, err := nchan.New(pubURL(n)+"/pub/{channel}", nchan.Options{HTTPClient: &http.Client{Transport: tr}, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	store := newSessionStore(false)
-	mgr, err := sessionpush.New(sessionpush.Config{Sessions: store, Relay: relay, SubscriberURL: "/sub/{channel}", Logger: log})
+	cfg := sessionpush.Config{Sessions: store, Relay: relay, SubscriberURL: "/sub/{channel}", Logger: log}
+	if mod != nil {
+		mod(&cfg)
+	}
+	mgr, err := sessionpush.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +118,7 @@ func startNginxSite(t *testing.T) *nginxSite {
 	if err != nil {
 		t.Fatal(err)
 	}
-	app := httptest.NewUnstartedServer(newApp(mgr, store, log))
+	app := httptest.NewUnstartedServer(newApp(mgr, store, log, appConfig{Admin: "alice"}))
 	app.Listener.Close()
 	app.Listener = ln
 	app.Start()
@@ -110,7 +132,7 @@ func startNginxSite(t *testing.T) *nginxSite {
 func TestNginxRun(t *testing.T) {
 	n := startNginx(t, nginxConf(t))
 	app := startProgram(t, "-addr", fmt.Sprintf("127.0.0.1:%d", n.Ports["app"]),
-		"-publish-url", n.URL+"/pub/{channel}", "-subscribe-url", "/sub/{channel}")
+		"-publish-url", pubURL(n)+"/pub/{channel}", "-subscribe-url", "/sub/{channel}")
 	b := newBrowser(t, n.URL)
 	b.mustLogin("alice")
 	sub := b.subscribe()
@@ -137,10 +159,10 @@ func TestNginxRunBroadcastChannel(t *testing.T) {
 	id := sessionpush.SuggestedBroadcastChannel
 	n := startNginx(t, nginxConf(t))
 	startProgram(t, "-addr", fmt.Sprintf("127.0.0.1:%d", n.Ports["app"]),
-		"-publish-url", n.URL+"/pub/{channel}", "-subscribe-url", "/sub/{channel}", "-broadcast-channel", id)
+		"-publish-url", pubURL(n)+"/pub/{channel}", "-subscribe-url", "/sub/{channel}", "-broadcast-channel", id, "-admin", "alice")
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections)
-	nc, err := nchan.New(n.URL+"/pub/{channel}", nchan.Options{HTTPClient: &http.Client{Transport: tr}})
+	nc, err := nchan.New(pubURL(n)+"/pub/{channel}", nchan.Options{HTTPClient: &http.Client{Transport: tr}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -320,7 +342,7 @@ func TestNginxFlow(t *testing.T) {
 
 	bobSub := bob.subscribe()
 	news := `{"news":"hello, all"}`
-	if resp, body := bob.postJSON("/broadcast", news); resp.StatusCode != http.StatusOK || strings.TrimSpace(body) != `{"sent":2}` {
+	if resp, body := alice.postJSON("/broadcast", news); resp.StatusCode != http.StatusOK || strings.TrimSpace(body) != `{"sent":2}` {
 		t.Fatalf("broadcast: %s %s; want 200 {\"sent\":2}", resp.Status, body)
 	}
 	if _, data := es.next(); data != news {
@@ -414,7 +436,7 @@ func TestNginxRefusals(t *testing.T) {
 		{"127.0.0.1", "GET", http.StatusOK},
 	} {
 		c := from(tc.from)
-		req, _ := http.NewRequest(tc.method, s.URL+"/pub/"+sub.Channel, strings.NewReader("intruder"))
+		req, _ := http.NewRequest(tc.method, pubURL(s.Nginx)+"/pub/"+sub.Channel, strings.NewReader("intruder"))
 		resp, err := c.Do(req)
 		if err != nil {
 			t.Fatalf("%s /pub from %s: %v", tc.method, tc.from, err)
@@ -430,8 +452,15 @@ func TestNginxRefusals(t *testing.T) {
 	if err != nil || info.Messages != 2 { // the opening message and "hi"
 		t.Errorf("channel after the refused requests: %+v, %v; want it open with 2 messages", info, err)
 	}
-	if resp, _ := alice.postJSON("/push", strings.Repeat("1", 64<<10)); resp.StatusCode != http.StatusNoContent {
-		t.Errorf("push of %d bytes (MaxMessageSize, client_max_body_size): %s; want 204", 64<<10, resp.Status)
+	if resp, _ := alice.postJSON("/push", strings.Repeat("1", maxBody)); resp.StatusCode != http.StatusNoContent {
+		t.Errorf("push of %d bytes (the example's cap): %s; want 204", maxBody, resp.Status)
+	}
+	if resp, _ := alice.postJSON("/push", strings.Repeat("1", maxBody+1)); resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("push of %d bytes (over the example's cap): %s; want 413", maxBody+1, resp.Status)
+	}
+	// The publisher takes the Manager's limit (client_max_body_size 64k).
+	if _, err := s.relay.Publish(t.Context(), sub.Channel, relay.Message{Body: bytes.Repeat([]byte("1"), 64<<10)}); err != nil {
+		t.Errorf("publish of %d bytes (MaxMessageSize, client_max_body_size): %v", 64<<10, err)
 	}
 }
 
@@ -502,7 +531,7 @@ func request(tc guardCase) (int, error) {
 	return resp.StatusCode, nil
 }
 
-// TestNginxGuard sends the requests of relay-protocol.md §10a through the
+// TestNginxGuard sends the requests of docs/nginx.md ("The guard") through the
 // shipped config: each gets a quick 4xx, and the worker and its channels
 // survive; what real clients send still passes.
 func TestNginxGuard(t *testing.T) {
@@ -511,7 +540,7 @@ func TestNginxGuard(t *testing.T) {
 	alice := newBrowser(t, s.URL)
 	alice.mustLogin("alice")
 	sub := alice.subscribe()
-	ch, pub := s.URL+sub.URL, s.URL+"/pub/"+sub.Channel
+	ch, pub := s.URL+sub.URL, pubURL(s.Nginx)+"/pub/"+sub.Channel
 	other := s.URL + "/sub/" + uuid.NewString()
 
 	cases := append(crashInputs(ch), []guardCase{
@@ -579,7 +608,7 @@ func TestNginxGuardMultiplexed(t *testing.T) {
 	worker := n.WorkerPID()
 	a, c := uuid.NewString(), uuid.NewString()
 	for _, m := range []struct{ channel, body string }{{a, "a1"}, {c, "c1"}, {a, "a2"}} {
-		if status, err := publish(n.URL+"/pub/"+m.channel, m.body); status != http.StatusAccepted {
+		if status, err := publish(pubURL(n)+"/pub/"+m.channel, m.body); status != http.StatusAccepted {
 			t.Fatalf("POST %s to %s: %d %v", m.body, m.channel, status, err)
 		}
 	}
@@ -639,8 +668,8 @@ func publish(u, body string) (int, error) {
 func TestNginxUnguarded(t *testing.T) {
 	guard := regexp.MustCompile(`(?m)^[ \t]*if \(\$nchan_bad_(method|id)\)[^\n]*\n`)
 	conf := nginxConf(t)
-	if m := guard.FindAllString(conf, -1); len(m) != 2 {
-		t.Fatalf("%s: guard lines %q; want the two ifs of $nchan_bad_method and $nchan_bad_id", shippedConf, m)
+	if m := guard.FindAllString(conf, -1); len(m) != 3 {
+		t.Fatalf("%s: guard lines %q; want the ifs of $nchan_bad_method and $nchan_bad_id, and $nchan_bad_method in the publisher server", shippedConf, m)
 	}
 	n := startNginx(t, guard.ReplaceAllString(conf, ""))
 	channel := uuid.NewString()
@@ -652,7 +681,7 @@ func TestNginxUnguarded(t *testing.T) {
 		}
 	}
 	for _, tc := range crashInputs(sub) {
-		if status, err := publish(n.URL+"/pub/"+channel, "kept?"); status != http.StatusAccepted {
+		if status, err := publish(pubURL(n)+"/pub/"+channel, "kept?"); status != http.StatusAccepted {
 			t.Fatalf("POST: %d %v", status, err)
 		}
 		worker := n.WorkerPID()
@@ -664,7 +693,7 @@ func TestNginxUnguarded(t *testing.T) {
 				t.Fatalf("crash by %s without the guard: worker %d still there", tc.name, worker)
 			}
 		}
-		if status, err := request(guardCase{method: "GET", url: n.URL + "/pub/" + channel}); status != http.StatusNotFound {
+		if status, err := request(guardCase{method: "GET", url: pubURL(n) + "/pub/" + channel}); status != http.StatusNotFound {
 			t.Errorf("channel after the crash by %s: %d %v; want 404 (wiped)", tc.name, status, err)
 		}
 	}

@@ -286,7 +286,7 @@ func TestNginxSizeLimits(t *testing.T) {
 			t.Errorf("POST %s of %d bytes: %s; want 413", path, len(big), resp.Status)
 		}
 	}
-	if status, err := publish(s.URL+"/pub/"+sub.Channel, big); status != http.StatusRequestEntityTooLarge {
+	if status, err := publish(pubURL(s.Nginx)+"/pub/"+sub.Channel, big); status != http.StatusRequestEntityTooLarge {
 		t.Errorf("publish of %d bytes from 127.0.0.1: %d %v; want 413", len(big), status, err)
 	}
 	for _, path := range []string{sub.URL, "/subscribe", "/pub/" + sub.Channel} {

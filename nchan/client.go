@@ -230,6 +230,10 @@ func (c *Client) markOpen(channel string) {
 // deleted (see "Deleted channels" in the package documentation) is created
 // again the same way.
 //
+// When Nchan's shared memory is full it refuses the PUT with 507 (or 500),
+// and Open returns an error wrapping [relay.ErrRelayFull]; it succeeds again once
+// messages expire and free memory.
+//
 // Concurrent Opens of one channel on one Client share one round of
 // requests and return the same cursor.
 func (c *Client) Open(ctx context.Context, channel string) (_ string, err error) {
@@ -276,7 +280,7 @@ func (c *Client) open(ctx context.Context, channel string) (string, error) {
 			}
 		case http.StatusNotFound:
 		default:
-			return "", &Error{Op: "open", Channel: channel, Status: res.status}
+			return "", statusError("open", channel, res.status)
 		}
 	}
 
@@ -305,7 +309,7 @@ func (c *Client) open(ctx context.Context, channel string) (string, error) {
 		}
 		cursor = ci.lastID
 	default:
-		return "", &Error{Op: "open", Channel: channel, Status: res.status}
+		return "", storeError("open", channel, res.status)
 	}
 	c.reg.forget(channel)
 	c.markOpen(channel)
@@ -322,6 +326,8 @@ func (c *Client) open(ctx context.Context, channel string) (string, error) {
 // channel's info and returns an error wrapping [relay.ErrChannelNotFound] if
 // there is none (see "Publishing only to open channels" in the package
 // documentation). Too large a body (413) gives [relay.ErrMessageTooLarge];
+// Nchan out of shared memory (507, or 500 when an allocation failed) gives
+// [relay.ErrRelayFull];
 // an empty body on the push module 0.712 gives [ErrEmptyMessage].
 func (c *Client) Publish(ctx context.Context, channel string, m relay.Message) (_ relay.Receipt, err error) {
 	defer c.stats.failed(&err)
@@ -374,7 +380,7 @@ func (c *Client) Publish(ctx context.Context, channel string, m relay.Message) (
 			return relay.Receipt{}, &Error{Op: "publish", Channel: channel, Status: res.status, Err: ErrEmptyMessage}
 		}
 	}
-	return relay.Receipt{}, &Error{Op: "publish", Channel: channel, Status: res.status}
+	return relay.Receipt{}, storeError("publish", channel, res.status)
 }
 
 // check asks for the info of a channel that must be open: 404, or a
@@ -399,7 +405,7 @@ func (c *Client) check(ctx context.Context, op, channel string) (channelInfo, er
 		c.reg.forget(channel)
 		return channelInfo{}, notFound(op, channel, res.status)
 	}
-	return channelInfo{}, &Error{Op: op, Channel: channel, Status: res.status}
+	return channelInfo{}, statusError(op, channel, res.status)
 }
 
 // validHeaderValue accepts what net/http sends: no control bytes but tab.
@@ -462,5 +468,5 @@ func (c *Client) Close(ctx context.Context, channel string) (err error) {
 		c.reg.forget(channel)
 		return notFound("close", channel, res.status)
 	}
-	return &Error{Op: "close", Channel: channel, Status: res.status}
+	return statusError("close", channel, res.status)
 }

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -612,5 +613,75 @@ func TestRedirectNotFollowed(t *testing.T) {
 	var e *Error
 	if !errors.As(err, &e) || e.Status != http.StatusFound || posts != 0 {
 		t.Fatalf("Info against a redirect: %v (followed %d), want a 302 *Error", err, posts)
+	}
+}
+
+// TestInsufficientStorageIsRelayFull: Nchan answers 507 to a PUT or POST
+// when its shared memory is full. Open and Publish then return an *Error
+// with Status 507 wrapping relay.ErrRelayFull, sent once (no retry); other
+// statuses do not wrap it. (nchan_real_test.go fills a real Nchan.)
+func TestInsufficientStorageIsRelayFull(t *testing.T) {
+	var puts, posts atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.Method {
+		case http.MethodGet:
+			if strings.HasSuffix(r.URL.Path, "/new") {
+				http.NotFound(w, r)
+				return
+			}
+			io.WriteString(w, "queued messages: 1\r\nlast requested: -1 sec. ago\r\nactive subscribers: 0\r\nlast message id: 1795742138:0")
+		case http.MethodPut:
+			puts.Add(1)
+			w.WriteHeader(http.StatusInsufficientStorage)
+		case http.MethodPost:
+			posts.Add(1)
+			w.WriteHeader(http.StatusInsufficientStorage)
+		}
+	}))
+	defer srv.Close()
+	c, _ := New(srv.URL+"/pub/{channel}", Options{})
+	ctx := ctxTimeout(t, 5*time.Second)
+	_, openErr := c.Open(ctx, "new")
+	_, pubErr := c.Publish(ctx, "old", relay.Message{Body: []byte("x")})
+	for op, err := range map[string]error{"open": openErr, "publish": pubErr} {
+		var e *Error
+		if !errors.As(err, &e) || e.Status != http.StatusInsufficientStorage || e.Op != op || !errors.Is(err, relay.ErrRelayFull) {
+			t.Errorf("%s against 507: %v; want an *Error of %s with Status 507 wrapping relay.ErrRelayFull", op, err, op)
+		}
+		if errors.Is(err, relay.ErrChannelNotFound) || errors.Is(err, relay.ErrMessageTooLarge) {
+			t.Errorf("%s against 507: %v also reads as another sentinel", op, err)
+		}
+	}
+	if puts.Load() != 1 || posts.Load() != 1 {
+		t.Errorf("%d PUTs, %d POSTs; want 1 of each (507 is not retried)", puts.Load(), posts.Load())
+	}
+	if e := (&Error{Op: "publish", Channel: "x", Status: http.StatusBadGateway}); errors.Is(e, relay.ErrRelayFull) {
+		t.Error("a 502 reads as relay.ErrRelayFull")
+	}
+	// A failed allocation is 500 on Nchan: full too, for a PUT or a POST
+	// with a body; a 500 to a GET is not.
+	five := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/new"):
+			http.NotFound(w, r)
+		case r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/old"):
+			io.WriteString(w, "queued messages: 1\r\nlast requested: -1 sec. ago\r\nactive subscribers: 0\r\nlast message id: 1795742138:0")
+		default:
+			http.Error(w, "Internal Server Error", http.StatusInternalServerError)
+		}
+	}))
+	defer five.Close()
+	c5, _ := New(five.URL+"/pub/{channel}", Options{})
+	_, openErr = c5.Open(ctx, "new")
+	_, pubErr = c5.Publish(ctx, "old", relay.Message{Body: []byte("x")})
+	_, infoErr := c5.Info(ctx, "broken")
+	for op, tc := range map[string]struct {
+		err  error
+		full bool
+	}{"open": {openErr, true}, "publish": {pubErr, true}, "info": {infoErr, false}} {
+		var e *Error
+		if !errors.As(tc.err, &e) || e.Status != 500 || errors.Is(tc.err, relay.ErrRelayFull) != tc.full {
+			t.Errorf("%s answered 500: %v; want an *Error of Status 500, relay.ErrRelayFull %v", op, tc.err, tc.full)
+		}
 	}
 }

@@ -17,7 +17,9 @@ import (
 var ErrEmptyMessage = errors.New("nchan: the push module refuses empty messages")
 
 // Error describes a failed call of a [Client]. It wraps [relay.ErrChannelNotFound],
-// [relay.ErrMessageTooLarge], [relay.ErrInvalidID] or [ErrEmptyMessage] when
+// [relay.ErrMessageTooLarge], [relay.ErrRelayFull] (Nchan's shared memory
+// is full: it answered a PUT or POST with 507, or 500),
+// [relay.ErrInvalidID] or [ErrEmptyMessage] when
 // one applies, the context's error when the deadline passed or the context
 // was cancelled, or the transport's error; test them with [errors.Is].
 type Error struct {
@@ -61,6 +63,28 @@ func (e *Error) Unwrap() error { return e.Err }
 // errBadHeader means a message's content type or event name cannot be sent
 // as a header.
 var errBadHeader = errors.New("invalid message header")
+
+// statusError reports an answer of status that the call does not expect;
+// 507 (Nchan out of shared memory) wraps [relay.ErrRelayFull].
+func statusError(op, channel string, status int) error {
+	e := &Error{Op: op, Channel: channel, Status: status}
+	if status == http.StatusInsufficientStorage {
+		e.Err = relay.ErrRelayFull
+	}
+	return e
+}
+
+// storeError reports an unexpected answer to a PUT or POST, which store a
+// message: Nchan 1.3.6 answers 507 when the message would take it past its
+// shared memory, and 500 when allocating it failed (its error log says "Out
+// of shared memory"); both wrap [relay.ErrRelayFull]. (An empty POST that the
+// push module refuses with 500 is told apart before.)
+func storeError(op, channel string, status int) error {
+	if status == http.StatusInternalServerError {
+		return &Error{Op: op, Channel: channel, Status: status, Err: relay.ErrRelayFull}
+	}
+	return statusError(op, channel, status)
+}
 
 func notFound(op, channel string, status int) error {
 	return &Error{Op: op, Channel: channel, Status: status, Err: relay.ErrChannelNotFound}

@@ -27,12 +27,15 @@ type Relay interface {
 	// [NoCursor] when the channel holds none, or "" when the relay cannot
 	// tell (the push module reports no IDs). A listener that resumes from
 	// the cursor receives every message published after Open returned.
+	// A relay that has no memory left to open it returns an error
+	// wrapping [ErrRelayFull].
 	Open(ctx context.Context, channel string) (cursor string, err error)
 
 	// Publish appends m to the channel's buffer and hands it to every
 	// listener. It returns an error wrapping [ErrChannelNotFound] when the
-	// channel is not open and [ErrMessageTooLarge] when m exceeds the
-	// relay's size limit; nothing is published then.
+	// channel is not open, [ErrMessageTooLarge] when m exceeds the
+	// relay's size limit and [ErrRelayFull] when the relay has no memory
+	// left for it; nothing is published then.
 	Publish(ctx context.Context, channel string, m Message) (Receipt, error)
 
 	// Info reports on an open channel, or returns an error wrapping
@@ -117,6 +120,12 @@ var (
 	ErrTooManyListeners = errors.New("relay: too many listeners on channel")
 	// ErrClosed means the relay has been shut down.
 	ErrClosed = errors.New("relay: closed")
+	// ErrRelayFull means the relay is out of the memory it keeps for
+	// messages and refused to open a channel or take a message; nothing
+	// was published. It is temporary: the relay takes messages again once
+	// buffered ones expire or are removed (Nchan answers 507 Insufficient
+	// Storage while its shared memory is full). Handlers answer it with 503.
+	ErrRelayFull = errors.New("relay: out of memory for messages")
 )
 
 // MaxIDLength is the longest channel ID that [ValidateID] accepts. It is
