@@ -22,7 +22,8 @@
 // from its cursor. A transport that fails twice in a row before opening
 // gives way to the next one. The wire format is Nchan's (WebSocket with its
 // ws+meta.nchan subprotocol, for the ids), so the client works unchanged
-// against the embedded relay or Nchan. Bodies are delivered as text: the
+// against the embedded relay or Nchan; it also offers ws+meta.sessionpush,
+// the same frames with the embedded relay's gap line, which Nchan ignores. Bodies are delivered as text: the
 // kit is for JSON and text messages.
 //
 // When the answer names a broadcast channel ("broadcast": {channel, cursor,
@@ -38,7 +39,7 @@
 // listener that resumes after a message older than the buffer, or falls so
 // far behind that messages were dropped before it got them, is told so
 // before the next message: an EventSource event "gap", a long-poll header
-// X-Gap, a "gap:" line in a ws+meta.nchan frame. The client then calls
+// X-Gap, a "gap:" line in a ws+meta.sessionpush frame. The client then calls
 // onGap(lastId, {channel}) with the id of the last message it had, before
 // the onMessage of the first message after the gap, and carries on; the
 // application may reload what the lost messages would have told it. Nchan
@@ -46,7 +47,10 @@
 (function (root) {
   'use strict';
 
-  const META = 'ws+meta.nchan'; // WebSocket frames with "id:" and "content-type:" lines
+  // WebSocket subprotocols, offered in this order: Nchan takes the first
+  // (it checks the header's start), the embedded relay prefers the second,
+  // whose frames may also carry a "gap:" line.
+  const META = ['ws+meta.nchan', 'ws+meta.sessionpush']; // frames with "id:" and "content-type:" lines
 
   function connect(options) {
     const opts = Object.assign({
@@ -202,7 +206,7 @@
       ws.onmessage = (e) => {
         let frame = typeof e.data === 'string' ? e.data : new TextDecoder().decode(e.data);
         let id = '', type = '', after = '';
-        if (ws.protocol === META) {
+        if (META.includes(ws.protocol)) {
           const end = frame.indexOf('\n\n');
           for (const line of frame.slice(0, Math.max(end, 0)).split('\n')) {
             const [, key, value] = /^([^:]*): ?(.*)$/.exec(line) || [];

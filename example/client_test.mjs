@@ -198,8 +198,8 @@ test('websocket: ws+meta.nchan ids, resumes after close 1001, falls back after f
     await expectSubscribe(net, {channel: 'c1', cursor: '100:0', url: '/sub/c1'});
     const ws1 = await FakeWebSocket.next();
     assert.equal(ws1.url, 'ws://example.test/sub/c1?last_event_id=100%3A0');
-    assert.equal(ws1.protocols, 'ws+meta.nchan');
-    ws1.protocol = 'ws+meta.nchan'; // the server took the subprotocol
+    assert.deepEqual(ws1.protocols, ['ws+meta.nchan', 'ws+meta.sessionpush']); // Nchan takes the first
+    ws1.protocol = 'ws+meta.nchan'; // the server took Nchan's subprotocol
     ws1.onopen();
     ws1.onmessage({data: 'id: 100:1\ncontent-type: application/json\n\n{"x":1}'});
     ws1.onmessage({data: 'id: 100:2\n\ntwo\n\nparagraphs'}); // no type: JSON if it parses
@@ -262,10 +262,10 @@ test('gap: onGap(lastId) before the next message, on every transport', async () 
       onGap: (lastId, info) => log.push(['gap', lastId, info.channel]),
     });
 
-    // WebSocket with ws+meta.nchan: a "gap:" line in the frame.
+    // WebSocket with ws+meta.sessionpush (the embedded relay's choice): a "gap:" line in the frame.
     await expectSubscribe(net, {channel: 'c1', cursor: '100:0', url: '/sub/c1'});
     const ws = await FakeWebSocket.next();
-    ws.protocol = 'ws+meta.nchan';
+    ws.protocol = 'ws+meta.sessionpush';
     ws.onopen();
     ws.onmessage({data: 'id: 100:5\ncontent-type: application/json\ngap: 100:0\n\n{"n":5}'});
     ws.onmessage({data: 'id: 100:6\n\n{"n":6}'});

@@ -98,9 +98,14 @@
 //   - EventSource: an event "event: gap" with "data: P" and no "id:" line
 //     (so the browser's Last-Event-ID stays at P);
 //   - long-poll: the answer that carries that message has "X-Gap: P";
-//   - WebSocket with ws+meta.nchan: that message's frame has a line
-//     "gap: P" after its "id:" and "content-type:" lines;
-//   - plain WebSocket: no signal (its frames carry only the body).
+//   - WebSocket with the subprotocol ws+meta.sessionpush (which the kit's
+//     client offers after ws+meta.nchan, and the hub prefers): that
+//     message's frame has a line "gap: P" after its "id:" and
+//     "content-type:" lines;
+//   - WebSocket with ws+meta.nchan: no signal, so that its frames keep
+//     exactly Nchan's shape, which Nchan's own client (NchanSubscriber)
+//     parses strictly; nor a plain WebSocket (its frames carry only the
+//     body).
 //
 // A listener that starts without a position never gets a gap. The event
 // name "gap" is reserved: [Hub.Publish] refuses it ([ErrReservedEvent]).

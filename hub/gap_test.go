@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -88,7 +89,11 @@ func TestGapResume(t *testing.T) {
 
 	t.Run("websocket", func(t *testing.T) {
 		before := h.Stats().Gaps
-		conn := dialWS(t, wsURL(srv, ch)+"?last_event_id="+ids[1], &websocket.DialOptions{Subprotocols: []string{metaProtocol}})
+		// The kit's client offers both meta subprotocols, Nchan's first.
+		conn := dialWS(t, wsURL(srv, ch)+"?last_event_id="+ids[1], &websocket.DialOptions{Subprotocols: []string{metaProtocol, gapProtocol}})
+		if got := conn.Subprotocol(); got != gapProtocol {
+			t.Fatalf("subprotocol %q, want %s", got, gapProtocol)
+		}
 		want := "id: " + ids[3] + "\ngap: " + ids[1] + "\n\nm3"
 		if f := readFrame(t, conn); f.data != want {
 			t.Errorf("got %q, want %q", f.data, want)
@@ -103,6 +108,28 @@ func TestGapResume(t *testing.T) {
 		readFrame(t, plain)
 		if n := h.Stats().Gaps - before; n != 1 {
 			t.Errorf("%d gaps counted, want 1 (none for the plain WebSocket)", n)
+		}
+	})
+
+	// Nchan's own client (NchanSubscriber) parses each ws+meta.nchan frame
+	// with this pattern and loses the message when it does not match.
+	nchanFrame := regexp.MustCompile(`^id: (.*)\n(content-type: (.*)\n)?\n`)
+	t.Run("websocket ws+meta.nchan keeps Nchan's shape", func(t *testing.T) {
+		before := h.Stats().Gaps
+		for _, m := range []relay.Message{text("typed"), {Body: []byte("typed"), ContentType: "text/plain"}} {
+			mustPublish(t, h, ch, m)
+		}
+		info := mustInfo(t, h, ch) // the buffer (two messages) holds the two above: a gap after ids[1]
+		conn := dialWS(t, wsURL(srv, ch)+"?last_event_id="+ids[1], &websocket.DialOptions{Subprotocols: []string{metaProtocol}})
+		for range info.Messages {
+			f := readFrame(t, conn)
+			m := nchanFrame.FindStringSubmatch(f.data)
+			if m == nil || f.data[len(m[0]):] != "typed" || strings.Contains(f.data, "gap:") {
+				t.Errorf("frame %q does not match Nchan's shape %s with the body after it", f.data, nchanFrame)
+			}
+		}
+		if n := h.Stats().Gaps - before; n != 0 {
+			t.Errorf("%d gaps counted for a ws+meta.nchan listener, want 0 (none signalled)", n)
 		}
 	})
 }
@@ -242,7 +269,7 @@ func TestGapMidStream(t *testing.T) {
 	t.Run("websocket", func(t *testing.T) {
 		h, srv := newTestHub(t, opts)
 		mustOpen(t, h, ch)
-		conn := dialWS(t, wsURL(srv, ch), &websocket.DialOptions{Subprotocols: []string{metaProtocol}})
+		conn := dialWS(t, wsURL(srv, ch), &websocket.DialOptions{Subprotocols: []string{gapProtocol}})
 		r0 := mustPublish(t, h, ch, text("first"))
 		if f := readFrame(t, conn); !strings.HasPrefix(f.data, "id: "+r0.ID+"\n") {
 			t.Fatalf("got %q, want %s", f.data, r0.ID)

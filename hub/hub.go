@@ -397,9 +397,10 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 // ("<sec>:<tag>", the last message it had) and that has no "id:" line, so
 // it does not move the browser's Last-Event-ID; long-poll gets the answer
 // carrying the first message after the gap with the header "X-Gap: P";
-// WebSocket with the ws+meta.nchan subprotocol gets the frame of that
-// message with a "gap: P" line after its other header lines. A plain
-// WebSocket gets no signal, as its frames carry no metadata.
+// WebSocket with the ws+meta.sessionpush subprotocol gets the frame of that
+// message with a "gap: P" line after its other header lines. A WebSocket
+// with ws+meta.nchan gets no signal, so that its frames keep Nchan's exact
+// shape, nor does a plain WebSocket, whose frames carry no metadata.
 func (h *Hub) ServeSubscriber(w http.ResponseWriter, r *http.Request, channel string) {
 	hdr := w.Header()
 	hdr.Set("Cache-Control", "no-store")

@@ -14,8 +14,16 @@ import (
 
 const (
 	// metaProtocol is Nchan's WebSocket subprotocol: each frame carries
-	// the message's ID and Content-Type before its body.
+	// the message's ID and Content-Type before its body, in exactly the
+	// shape Nchan sends, which Nchan's own client parses strictly.
 	metaProtocol = "ws+meta.nchan"
+
+	// gapProtocol is metaProtocol's frames with the hub's "gap:" line
+	// when messages were dropped before the frame's message: a client
+	// that offers it (the kit's client.js) asks for the gap signal. Its
+	// name does not start with metaProtocol's, since Nchan takes any
+	// offer that starts so for its own.
+	gapProtocol = "ws+meta.sessionpush"
 
 	// binaryType is the message Content-Type sent as binary frames; every
 	// other message is a text frame, as on Nchan.
@@ -32,7 +40,7 @@ func (l *listener) webSocket(r *http.Request) error {
 	hs := &handshake{ResponseWriter: l.w}
 	l.deadline() // bounds the 101; hijacking then clears the connection's deadlines
 	conn, err := websocket.Accept(hs, r, &websocket.AcceptOptions{
-		Subprotocols:   []string{metaProtocol},
+		Subprotocols:   []string{gapProtocol, metaProtocol}, // the first the client offered, in this order
 		OriginPatterns: l.hub.opts.OriginPatterns,
 	})
 	if err != nil {
@@ -54,7 +62,9 @@ func (l *listener) webSocket(r *http.Request) error {
 	// client's close; ctx ends with the connection. A data message from
 	// the client closes it with 1008, as nothing is expected.
 	ctx := conn.CloseRead(r.Context())
-	meta := strings.EqualFold(conn.Subprotocol(), metaProtocol) // as the client spelled it
+	proto := conn.Subprotocol() // as the client spelled it
+	meta := strings.EqualFold(proto, metaProtocol) || strings.EqualFold(proto, gapProtocol)
+	gapLines := strings.EqualFold(proto, gapProtocol)
 
 	d := l.hub.opts.Heartbeat
 	t, beat := timer(d)
@@ -68,7 +78,7 @@ func (l *listener) webSocket(r *http.Request) error {
 			l.hub.stats.gone.Add(1) // the close handshake may fail: the client is told either way
 			return conn.Close(websocket.StatusGoingAway, "410 Gone")
 		case m != nil:
-			gap = gap && meta // a plain WebSocket has no way to tell
+			gap = gap && gapLines // Nchan's frames and a plain WebSocket have no way to tell
 			err = l.writeFrame(ctx, conn, m, meta, gap)
 			if err == nil {
 				l.delivered(gap)
@@ -90,7 +100,8 @@ func (l *listener) webSocket(r *http.Request) error {
 
 // writeFrame sends m as one frame within Options.WriteTimeout: binary when
 // its Content-Type is application/octet-stream, else text; its body, or
-// with ws+meta.nchan its meta frame (see appendMetaFrame), built for this
+// with ws+meta.nchan or ws+meta.sessionpush its meta frame (see
+// appendMetaFrame, with the gap line only when gap is set), built for this
 // write in a pooled buffer so that no message holds a second copy of its
 // body. A write that times out closes the connection.
 func (l *listener) writeFrame(ctx context.Context, conn *websocket.Conn, m *message, meta, gap bool) error {
@@ -140,8 +151,9 @@ func (l *listener) bound(ctx context.Context) (context.Context, context.CancelFu
 }
 
 // appendMetaFrame appends m as a ws+meta.nchan frame: "id: <id>\n", then
-// "content-type: <type>\n" if m has one, then, when gap is not nil, the
-// hub's "gap: <gap>\n" line, a blank line and the body. CR and LF in the
+// "content-type: <type>\n" if m has one, then, when gap is not nil (only for
+// ws+meta.sessionpush), the hub's "gap: <gap>\n" line, a blank line and the
+// body. CR and LF in the
 // Content-Type become spaces, as net/http writes them in headers, so that
 // it cannot add lines.
 func appendMetaFrame(dst []byte, m *message, gap *relay.MessageID) []byte {

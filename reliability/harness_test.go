@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -348,7 +349,10 @@ type webSocket struct {
 	conn *websocket.Conn
 }
 
-const metaProtocol = "ws+meta.nchan"
+// The WebSocket subprotocols, offered as the kit's client offers them:
+// Nchan takes the first, the embedded relay prefers the second, whose
+// frames carry its gap line.
+var metaProtocols = []string{"ws+meta.nchan", "ws+meta.sessionpush"}
 
 // dialWebSocket connects through hc, which dials over HTTP/1.1 for the
 // upgrade even when it speaks HTTP/2.
@@ -357,19 +361,19 @@ func dialWebSocket(ctx context.Context, hc *http.Client, url string, from positi
 	if from.id != "" {
 		u += "?last_event_id=" + from.id
 	}
-	conn, _, err := websocket.Dial(ctx, u, &websocket.DialOptions{Subprotocols: []string{metaProtocol}, HTTPClient: hc})
+	conn, _, err := websocket.Dial(ctx, u, &websocket.DialOptions{Subprotocols: metaProtocols, HTTPClient: hc})
 	if err != nil {
 		return nil, err
 	}
 	conn.SetReadLimit(-1)
-	if conn.Subprotocol() != metaProtocol {
+	if !slices.Contains(metaProtocols, conn.Subprotocol()) {
 		conn.CloseNow()
 		return nil, fmt.Errorf("WebSocket: subprotocol %q", conn.Subprotocol())
 	}
 	return &webSocket{ctx: ctx, conn: conn}, nil
 }
 
-// next reads one ws+meta.nchan frame: header lines (id, content-type, gap),
+// next reads one ws+meta frame: header lines (id, content-type, gap),
 // a blank line, the body.
 func (w *webSocket) next() (event, error) {
 	_, b, err := w.conn.Read(w.ctx)
