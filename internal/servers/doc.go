@@ -13,9 +13,12 @@
 // [Nginx.Stop] and [Nginx.Start] stop and start it again on the same ports,
 // for fault tests; [Nginx.WorkerPID] finds the worker process.
 //
-// A config must follow relay-protocol.md §9 and §10: load_module in the main
-// context, all five *_temp_path directives relative to the prefix, pid and
-// error_log relative to the prefix, one worker. [MinimalNchanConf] is one.
+// A config must let nginx run from a temporary prefix without root:
+// load_module in the main context (the only place nginx takes it), all five
+// *_temp_path directives relative to the prefix (nginx falls back to
+// /var/lib/nginx/ for any it lacks), pid and error_log relative to the
+// prefix, and one worker (Nchan's memory store keeps the channels in that
+// worker). [MinimalNchanConf] is one.
 //
 // # Redis
 //

@@ -24,7 +24,7 @@ const DefaultReadyPath = "/pub?id=__ready"
 
 // mainContext is what every test config starts with, in the main context:
 // the Nchan module, nginx as a child of the test, one worker, the pid file
-// in the prefix (relay-protocol.md §9, §10). Configs get it as
+// in the prefix (see the package documentation). Configs get it as
 // {{template "main" .}}.
 const mainContext = `load_module {{.Module}};
 daemon off;
@@ -106,7 +106,7 @@ type Nginx struct {
 // port, the same one for the same name), writes it to Dir/nginx.conf,
 // starts nginx with it and waits until it is ready. The config must say
 // `daemon off;`, a relative `pid`, `load_module` and the five *_temp_path
-// directives with relative paths (relay-protocol.md §9-10); it fails the
+// directives with relative paths (see the package documentation); it fails the
 // test otherwise. {{template "main" .}} writes the first four (and one
 // worker) in the main context, {{template "temp_paths"}} the temp paths in
 // the http context. It skips the test (see [Require]) when nginx or the Nchan
@@ -206,7 +206,8 @@ var requiredDirectives = func() map[string]*regexp.Regexp {
 	return m
 }()
 
-// checkConf refuses a config that lacks what relay-protocol.md §9-10 require.
+// checkConf refuses a config that lacks a directive that running nginx from
+// a temporary prefix requires (see the package documentation).
 func checkConf(conf string) error {
 	var missing []string
 	for what, re := range requiredDirectives {
