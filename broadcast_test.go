@@ -18,7 +18,7 @@ import (
 )
 
 // publishCounter wraps the test relay (the embedded one, which serves
-// listeners through the promoted ServeSubscriber) and counts Publish calls
+// listeners through the promoted ServeListener) and counts Publish calls
 // by channel.
 type publishCounter struct {
 	*countingRelay

@@ -11,12 +11,12 @@
 // cursor and the URL to listen on. The browser listens there (EventSource or
 // long-poll); application code pushes JSON with [Channel.PushJSON],
 // [Manager.PushJSON], [Manager.PushUser] or [Manager.Broadcast]. Logout calls
-// [Manager.Close], which closes the channel and ends its listeners.
+// [Manager.SignOut], which closes the channel and ends its listeners.
 //
 // # Relays
 //
 // By default the Manager runs an embedded relay (package hub) in the
-// application's process, and [Manager.SubscriberHandler] serves its
+// application's process, and [Manager.ListenHandler] serves its
 // listeners. Any [relay.Relay] can take its place through Config.Relay.
 //
 // # Protection
@@ -43,7 +43,7 @@
 //	"sessionpush: channel opened"   Debug  channel
 //	"sessionpush: channel closed"   Debug  channel, cause (logout, replaced, closed);
 //	                                Info   for cause expired or lost
-//	"sessionpush: request refused"  Info   handler (subscribe, subscriber, authorize), reason, status,
+//	"sessionpush: request refused"  Info   handler (subscribe, listen, authorize), reason, status,
 //	                                       method, path, remote_addr, err (absent for relay_refused);
 //	                                Warn   for reason cross_origin or invalid_id, which the kit's client never causes;
 //	                                Error  for reason error (a store or relay failure)

@@ -186,7 +186,7 @@ func TestEventsChannelLife(t *testing.T) {
 	ev = log.take()
 	oneEvent(t, ev, evClosed, slog.LevelDebug, map[string]string{"channel": bobSub.Channel, "cause": "logout"})
 
-	// The user leaves the session without Manager.Close: the Middleware
+	// The user leaves the session without Manager.SignOut: the Middleware
 	// closes the channel.
 	erin := a.browser().login("erin")
 	es := erin.subscribe()
@@ -258,11 +258,11 @@ func TestEventsRefusals(t *testing.T) {
 		{"subscribe wrong method", func() int { return alice.status("PUT", "/subscribe", nil) },
 			405, "subscribe", "method", slog.LevelInfo},
 		{"listen to another's channel", func() int { return bob.status("GET", as.URL, nil) },
-			403, "subscriber", "not_owner", slog.LevelInfo},
+			403, "listen", "not_owner", slog.LevelInfo},
 		{"listen without session", func() int { return stranger.status("GET", as.URL, nil) },
-			403, "subscriber", "not_signed_in", slog.LevelInfo},
+			403, "listen", "not_signed_in", slog.LevelInfo},
 		{"listen to a malformed id", func() int { return alice.status("GET", "/sub/not-a-channel", nil) },
-			400, "subscriber", "invalid_id", slog.LevelWarn},
+			400, "listen", "invalid_id", slog.LevelWarn},
 		{"authorize another's channel", func() int {
 			return bob.status("GET", "/authorize", nil, "X-Channel-Id", as.Channel)
 		}, 403, "authorize", "not_owner", slog.LevelInfo},
@@ -314,7 +314,7 @@ func TestEventsRefusals(t *testing.T) {
 			t.Fatalf("status %d", code)
 		}
 		e := oneEvent(t, log.take(), evRefused, slog.LevelInfo, map[string]string{
-			"handler": "subscriber", "reason": "relay_refused", "status": "403",
+			"handler": "listen", "reason": "relay_refused", "status": "403",
 		})
 		if _, ok := e.Attrs["err"]; ok {
 			t.Errorf("relay refusal carries an err: %v", e.Attrs)

@@ -37,7 +37,7 @@ func Example() {
 		s.Save(r, w)
 	})
 	mux.Handle("POST /subscribe", mgr.SubscribeHandler())
-	mux.Handle("GET /sub/{channel}", mgr.SubscriberHandler())
+	mux.Handle("GET /sub/{channel}", mgr.ListenHandler())
 	mux.HandleFunc("POST /export", func(w http.ResponseWriter, r *http.Request) {
 		// ... start the export, then tell this session's browser:
 		sessionpush.CurrentChannel(r).PushJSON(r.Context(), map[string]string{"export": "ready"})

@@ -50,7 +50,7 @@ type fuzzHandler int
 
 const (
 	fuzzSubscribe fuzzHandler = iota
-	fuzzSubscriber
+	fuzzListen
 	fuzzAuthorize
 )
 
@@ -255,7 +255,7 @@ func runFuzzInput(t *testing.T, which fuzzHandler, in fuzzInput) {
 			if in.idSel&0x40 != 0 {
 				reqPath += "/" + in.raw // the handler takes nothing from its path
 			}
-		case fuzzSubscriber:
+		case fuzzListen:
 			reqPath = "/sub/" + id
 		case fuzzAuthorize:
 			reqPath = "/authorize"
@@ -292,7 +292,7 @@ func runFuzzInput(t *testing.T, which fuzzHandler, in fuzzInput) {
 			set(sessionpush.AuthorizeHeader, f.alice) // never trusted elsewhere
 		}
 		effective = id
-		if which == fuzzSubscriber {
+		if which == fuzzListen {
 			if in.idSel&0x80 != 0 {
 				r.SetPathValue("channel", id) // as "GET /sub/{channel}" routes it
 			} else {
@@ -303,8 +303,8 @@ func runFuzzInput(t *testing.T, which fuzzHandler, in fuzzInput) {
 		switch which {
 		case fuzzSubscribe:
 			h = f.mgr.SubscribeHandler()
-		case fuzzSubscriber:
-			h = f.mgr.SubscriberHandler()
+		case fuzzListen:
+			h = f.mgr.ListenHandler()
 		case fuzzAuthorize:
 			h = f.mgr.AuthorizeHandler()
 		}
@@ -383,14 +383,14 @@ func runFuzzInput(t *testing.T, which fuzzHandler, in fuzzInput) {
 		} else if wantOK {
 			t.Fatalf("/subscribe refused (%d) a signed-in same-origin request (%s)", code, desc())
 		}
-	case fuzzSubscriber:
+	case fuzzListen:
 		want := f.mayListen(s, effective)
 		switch {
 		case code == 200:
 			if !want {
 				t.Fatalf("listener let in to %q (%s)", effective, desc())
 			}
-			if n := countOps(calls, "ServeSubscriber"); n != 1 || body != "served\n" {
+			if n := countOps(calls, "ServeListener"); n != 1 || body != "served\n" {
 				t.Fatalf("listener let in: relay calls %v, body %q", calls, body)
 			}
 		case code == 400 || code == 403:
@@ -417,7 +417,7 @@ func runFuzzInput(t *testing.T, which fuzzHandler, in fuzzInput) {
 		default:
 			t.Fatalf("authorize: status %d (%s)", code, desc())
 		}
-		if n := countOps(calls, "Open", "Info", "Publish", "ServeSubscriber"); n != 0 {
+		if n := countOps(calls, "Open", "Info", "Publish", "ServeListener"); n != 0 {
 			t.Fatalf("authorize called the relay: %v", calls)
 		}
 	}
@@ -427,7 +427,7 @@ func runFuzzInput(t *testing.T, which fuzzHandler, in fuzzInput) {
 	if which != fuzzSubscribe && code == http.StatusForbidden && uuidV4(effective) &&
 		effective != f.broadcast && effective != otherNeverOpened {
 		other := otherNeverOpened
-		if which == fuzzSubscriber && in.idSel&0x80 == 0 {
+		if which == fuzzListen && in.idSel&0x80 == 0 {
 			// The same path with its last element replaced.
 			other = strings.TrimSuffix(id, effective) + otherNeverOpened
 		}
@@ -442,7 +442,7 @@ func runFuzzInput(t *testing.T, which fuzzHandler, in fuzzInput) {
 		if w2.Code != code || w2.Body.String() != body || !maps.EqualFunc(h1, h2, slices.Equal) {
 			t.Fatalf("%s refused: %d %v %q; a channel never opened: %d %v %q (%s)", effective, code, h1, body, w2.Code, h2, w2.Body, desc())
 		}
-		if n := countOps(f.relay.Calls(), "Open", "Info", "Publish", "ServeSubscriber"); n != 0 {
+		if n := countOps(f.relay.Calls(), "Open", "Info", "Publish", "ServeListener"); n != 0 {
 			t.Fatalf("a channel never opened: the relay was called: %v", f.relay.Calls())
 		}
 	}
@@ -490,8 +490,8 @@ func fuzzWith(f *testing.F, which fuzzHandler) {
 // FuzzSubscribeHandler fuzzes /subscribe.
 func FuzzSubscribeHandler(f *testing.F) { fuzzWith(f, fuzzSubscribe) }
 
-// FuzzSubscriberHandler fuzzes the embedded relay's listening endpoint.
-func FuzzSubscriberHandler(f *testing.F) { fuzzWith(f, fuzzSubscriber) }
+// FuzzListenHandler fuzzes the embedded relay's listening endpoint.
+func FuzzListenHandler(f *testing.F) { fuzzWith(f, fuzzListen) }
 
 // FuzzAuthorizeHandler fuzzes the endpoint of nchan_authorize_request.
 func FuzzAuthorizeHandler(f *testing.F) { fuzzWith(f, fuzzAuthorize) }

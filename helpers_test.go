@@ -40,9 +40,9 @@ type countingRelay struct {
 	served atomic.Int64
 }
 
-func (c *countingRelay) ServeSubscriber(w http.ResponseWriter, r *http.Request, channel string) {
+func (c *countingRelay) ServeListener(w http.ResponseWriter, r *http.Request, channel string) {
 	c.served.Add(1)
-	c.Hub.ServeSubscriber(w, r, channel)
+	c.Hub.ServeListener(w, r, channel)
 }
 
 func newApp(t *testing.T, mod func(*sessionpush.Config)) *app {
@@ -76,12 +76,12 @@ func newApp(t *testing.T, mod func(*sessionpush.Config)) *app {
 	mux.HandleFunc("POST /logout", func(w http.ResponseWriter, r *http.Request) {
 		s, _ := store.Get(r, "session")
 		delete(s.Values, "user")
-		if err := mgr.Close(w, r); err != nil {
+		if err := mgr.SignOut(w, r); err != nil {
 			http.Error(w, err.Error(), 500)
 		}
 	})
 	mux.Handle("/subscribe", mgr.SubscribeHandler())
-	mux.Handle("GET /sub/{channel}", mgr.SubscriberHandler())
+	mux.Handle("GET /sub/{channel}", mgr.ListenHandler())
 	mux.Handle("GET /authorize", mgr.AuthorizeHandler())
 	mux.HandleFunc("POST /push", func(w http.ResponseWriter, r *http.Request) {
 		ch := sessionpush.CurrentChannel(r)
@@ -262,7 +262,7 @@ func (a *app) waitListeners(channel string, n int) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		info, err := a.mgr.Relay().Info(context.Background(), channel)
-		if err == nil && info.Subscribers == n {
+		if err == nil && info.Listeners == n {
 			return
 		}
 		if time.Now().After(deadline) {

@@ -32,7 +32,7 @@ const (
 const (
 	DefaultSessionName    = "session"
 	DefaultUserKey        = "user"
-	DefaultSubscriberURL  = "/sub/{channel}"
+	DefaultListenURL      = "/sub/{channel}"
 	DefaultMaxMessageSize = 64 << 10
 	DefaultMaxListeners   = 10
 	DefaultBufferLength   = 10
@@ -71,18 +71,18 @@ type Config struct {
 
 	// Relay carries messages to listeners. Nil means an embedded relay
 	// (package hub) built from the limits below and shut down by
-	// [Manager.Shutdown]; its listeners are served by SubscriberHandler.
+	// [Manager.Shutdown]; its listeners are served by ListenHandler.
 	Relay relay.Relay
 
 	// Store remembers open channels. Nil means [NewMemoryStore], which
 	// suits a single application instance.
 	Store Store
 
-	// SubscriberURL is the template of the listening URL that
+	// ListenURL is the template of the listening URL that
 	// SubscribeHandler returns; "{channel}" is replaced by the channel
 	// ID. It may be absolute or relative to the page. Zero means
-	// "/sub/{channel}", where SubscriberHandler is meant to be mounted.
-	SubscriberURL string
+	// "/sub/{channel}", where ListenHandler is meant to be mounted.
+	ListenURL string
 
 	// ErrorHandler writes the answer when a handler of the kit fails or
 	// refuses a request. The error is a *[StatusError] carrying the HTTP
@@ -138,7 +138,7 @@ type Config struct {
 	// [SuggestedBroadcastChannel] (New returns an error for anything
 	// else). Every signed-in session may listen to it besides its own
 	// channel: SubscribeHandler opens it and adds it to its answer
-	// (Subscription.Broadcast), SubscriberHandler and AuthorizeHandler let
+	// (Subscription.Broadcast), ListenHandler and AuthorizeHandler let
 	// any signed-in session listen to it, and [Manager.Broadcast] publishes
 	// once to it instead of to every open channel. It is no session
 	// channel: the Store never holds it, Push, Exists and CloseChannel do
@@ -169,21 +169,21 @@ var ErrNoSessionStore = errors.New("sessionpush: Config.Sessions is nil")
 // relay, and pushes to them. Create it with [New]; it is safe for concurrent
 // use.
 type Manager struct {
-	sessions      sessions.Store
-	name          string
-	userKey       string
-	userFunc      func(*http.Request, *sessions.Session) string
-	relay         relay.Relay
-	ownHub        *hub.Hub // the embedded relay when New built it
-	store         Store
-	subscriberURL string
-	errorHandler  func(http.ResponseWriter, *http.Request, error)
-	log           *slog.Logger
-	maxSize       int
-	idle          time.Duration
-	concurrency   int
-	broadcast     string // Config.BroadcastChannel
-	now           func() time.Time
+	sessions     sessions.Store
+	name         string
+	userKey      string
+	userFunc     func(*http.Request, *sessions.Session) string
+	relay        relay.Relay
+	ownHub       *hub.Hub // the embedded relay when New built it
+	store        Store
+	listenURL    string
+	errorHandler func(http.ResponseWriter, *http.Request, error)
+	log          *slog.Logger
+	maxSize      int
+	idle         time.Duration
+	concurrency  int
+	broadcast    string // Config.BroadcastChannel
+	now          func() time.Time
 
 	_        [64]byte // the counters below change often: keep them off the cache lines of the fields above
 	counters counters // for Stats
@@ -196,23 +196,23 @@ func New(cfg Config) (*Manager, error) {
 		return nil, ErrNoSessionStore
 	}
 	m := &Manager{
-		sessions:      cfg.Sessions,
-		name:          or(cfg.SessionName, DefaultSessionName),
-		userKey:       or(cfg.UserKey, DefaultUserKey),
-		userFunc:      cfg.User,
-		relay:         cfg.Relay,
-		store:         cfg.Store,
-		subscriberURL: or(cfg.SubscriberURL, DefaultSubscriberURL),
-		errorHandler:  cfg.ErrorHandler,
-		log:           cfg.Logger,
-		maxSize:       orInt(cfg.MaxMessageSize, DefaultMaxMessageSize),
-		idle:          cfg.IdleTimeout,
-		concurrency:   orInt(cfg.Concurrency, DefaultConcurrency),
-		broadcast:     cfg.BroadcastChannel,
-		now:           time.Now,
+		sessions:     cfg.Sessions,
+		name:         or(cfg.SessionName, DefaultSessionName),
+		userKey:      or(cfg.UserKey, DefaultUserKey),
+		userFunc:     cfg.User,
+		relay:        cfg.Relay,
+		store:        cfg.Store,
+		listenURL:    or(cfg.ListenURL, DefaultListenURL),
+		errorHandler: cfg.ErrorHandler,
+		log:          cfg.Logger,
+		maxSize:      orInt(cfg.MaxMessageSize, DefaultMaxMessageSize),
+		idle:         cfg.IdleTimeout,
+		concurrency:  orInt(cfg.Concurrency, DefaultConcurrency),
+		broadcast:    cfg.BroadcastChannel,
+		now:          time.Now,
 	}
-	if !strings.Contains(m.subscriberURL, "{channel}") {
-		return nil, fmt.Errorf("sessionpush: Config.SubscriberURL %q has no {channel}", m.subscriberURL)
+	if !strings.Contains(m.listenURL, "{channel}") {
+		return nil, fmt.Errorf("sessionpush: Config.ListenURL %q has no {channel}", m.listenURL)
 	}
 	if m.broadcast != "" && !validChannelID(m.broadcast) {
 		return nil, fmt.Errorf("sessionpush: Config.BroadcastChannel %q: %w", clip(m.broadcast), ErrInvalidChannel)

@@ -22,9 +22,9 @@ func TestNewRequiresSessions(t *testing.T) {
 	if !errors.Is(err, sessionpush.ErrNoSessionStore) {
 		t.Fatalf("New without Sessions: %v, want ErrNoSessionStore", err)
 	}
-	_, err = sessionpush.New(sessionpush.Config{Sessions: sessions.NewCookieStore(make([]byte, 32)), SubscriberURL: "/sub"})
+	_, err = sessionpush.New(sessionpush.Config{Sessions: sessions.NewCookieStore(make([]byte, 32)), ListenURL: "/sub"})
 	if err == nil || !strings.Contains(err.Error(), "{channel}") {
-		t.Fatalf("New with a SubscriberURL without {channel}: %v", err)
+		t.Fatalf("New with a ListenURL without {channel}: %v", err)
 	}
 }
 

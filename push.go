@@ -147,7 +147,7 @@ func (m *Manager) PushUser(ctx context.Context, user string, v any) (int, error)
 //
 // With Config.BroadcastChannel set, it publishes once, to the broadcast
 // channel, and the count means something else: the listeners that the
-// relay reports reaching (Receipt.Subscribers), not channels. A broadcast
+// relay reports reaching (Receipt.Listeners), not channels. A broadcast
 // channel that the relay does not have (nobody subscribed since the relay
 // started) gives 0 and no error: nobody can be listening to it.
 func (m *Manager) Broadcast(ctx context.Context, v any) (int, error) {
@@ -159,7 +159,7 @@ func (m *Manager) Broadcast(ctx context.Context, v any) (int, error) {
 		rc, err := m.relay.Publish(ctx, m.broadcast, msg)
 		if err == nil {
 			m.counters.pushes.Add(1)
-			return rc.Subscribers, nil
+			return rc.Listeners, nil
 		}
 		m.pushFailed(publishFailure(err))
 		m.relayFailed(err)

@@ -12,7 +12,7 @@ import (
 )
 
 // callRecorder is the recording relay of sessionpushtest with a log of
-// every call made to it, ServeSubscriber included (which it answers 200
+// every call made to it, ServeListener included (which it answers 200
 // "served" without holding the request), so that tests can tell whether a
 // request reached the relay at all.
 type callRecorder struct {
@@ -23,13 +23,13 @@ type callRecorder struct {
 
 // relayCall is one call to a callRecorder.
 type relayCall struct {
-	Op      string // Open, Publish, Info, Close, ServeSubscriber
+	Op      string // Open, Publish, Info, Close, ServeListener
 	Channel string
 }
 
 var (
-	_ relay.Relay            = (*callRecorder)(nil)
-	_ relay.SubscriberServer = (*callRecorder)(nil)
+	_ relay.Relay          = (*callRecorder)(nil)
+	_ relay.ListenerServer = (*callRecorder)(nil)
 )
 
 func newCallRecorder() *callRecorder {
@@ -76,8 +76,8 @@ func (c *callRecorder) Close(ctx context.Context, ch string) error {
 	return c.Relay.Close(ctx, ch)
 }
 
-func (c *callRecorder) ServeSubscriber(w http.ResponseWriter, r *http.Request, ch string) {
-	c.log("ServeSubscriber", ch)
+func (c *callRecorder) ServeListener(w http.ResponseWriter, r *http.Request, ch string) {
+	c.log("ServeListener", ch)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	io.WriteString(w, "served\n")
 }

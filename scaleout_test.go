@@ -315,7 +315,7 @@ func scaleApp(name string, mgr *sessionpush.Manager, cookies sessions.Store) htt
 	mux.HandleFunc("POST /logout", func(w http.ResponseWriter, r *http.Request) {
 		s, _ := cookies.Get(r, "session")
 		delete(s.Values, "user")
-		if err := mgr.Close(w, r); err != nil {
+		if err := mgr.SignOut(w, r); err != nil {
 			http.Error(w, "logout", http.StatusBadGateway)
 			return
 		}
@@ -683,7 +683,7 @@ func (c *scaleCluster) waitListeners(t *testing.T, channel string, n int) {
 		for i, node := range c.nodes {
 			got[i], errs[i] = node.pub.Info(context.Background(), channel)
 		}
-		if errs[0] == nil && errs[1] == nil && got[0].Subscribers >= n && got[1].Subscribers >= n {
+		if errs[0] == nil && errs[1] == nil && got[0].Listeners >= n && got[1].Listeners >= n {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -1036,7 +1036,7 @@ func TestScaleOutRedisRestart(t *testing.T) {
 	l1b.expect(t, scaleJSON("back"))
 	c.quiet(t, l1b, l2)
 	if info, err := B.pub.Info(scaleCtx(t, scaleWait), sub1b.Channel); err == nil {
-		t.Logf("reopened channel: Nchan counts %d listener(s)", info.Subscribers)
+		t.Logf("reopened channel: Nchan counts %d listener(s)", info.Listeners)
 	}
 	var zombie []string
 	for timeout := time.After(time.Second); !slices.Contains(zombie, scaleJSON("marker 0")); {

@@ -53,7 +53,7 @@ func newRecordedApp(t *testing.T) (*app, *callRecorder) {
 		}
 	})
 	mux.Handle("/subscribe", mgr.SubscribeHandler())
-	mux.Handle("GET /sub/{channel}", mgr.SubscriberHandler())
+	mux.Handle("GET /sub/{channel}", mgr.ListenHandler())
 	mux.Handle("GET /authorize", mgr.AuthorizeHandler())
 	srv := httptest.NewServer(mgr.Middleware(mux))
 	t.Cleanup(srv.Close)
@@ -144,7 +144,7 @@ func TestNoChannelEnumeration(t *testing.T) {
 	if got := alice.answer("GET", "/authorize", sessionpush.AuthorizeHeader, sub.Channel); got.status != http.StatusNoContent {
 		t.Errorf("alice, /authorize: %v; want 204", got)
 	}
-	if n := countOps(rec.Calls(), "ServeSubscriber"); n != len(transports) {
+	if n := countOps(rec.Calls(), "ServeListener"); n != len(transports) {
 		t.Errorf("relay calls %v; want %d listeners of alice's", rec.Calls(), len(transports))
 	}
 }
@@ -466,7 +466,7 @@ func TestCrossSiteWebSocketRefused(t *testing.T) {
 	if resp == nil || resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("cross-site WebSocket handshake: %v, %v; want 403", resp, err)
 	}
-	if info, err := a.mgr.Relay().Info(ctx, sub.Channel); err != nil || info.Subscribers != 0 {
+	if info, err := a.mgr.Relay().Info(ctx, sub.Channel); err != nil || info.Listeners != 0 {
 		t.Fatalf("channel after the refused handshake: %+v, %v; want no listener", info, err)
 	}
 	// EventSource and long-poll answer no CORS header: another site's page

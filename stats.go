@@ -65,7 +65,7 @@ type Stats struct {
 // removed a channel from the Store counts it, so with a shared store of
 // several instances each channel counts once in all.
 type ClosedChannels struct {
-	// Logout counts channels closed by [Manager.Close], or by the
+	// Logout counts channels closed by [Manager.SignOut], or by the
 	// Middleware when the session's user signed out.
 	Logout uint64
 	// Replaced counts channels closed by the Middleware because another
@@ -112,8 +112,8 @@ type PushFailures struct {
 type HandlerRefusals struct {
 	// Subscribe is for SubscribeHandler (/subscribe).
 	Subscribe Refusals
-	// Subscriber is for SubscriberHandler (the embedded relay's listeners).
-	Subscriber Refusals
+	// Listen is for ListenHandler (the embedded relay's listeners).
+	Listen Refusals
 	// Authorize is for AuthorizeHandler (Nchan's nchan_authorize_request).
 	Authorize Refusals
 }
@@ -135,13 +135,13 @@ type Refusals struct {
 	// after a logout or an expiry, or of someone trying IDs.
 	NotOwner uint64
 	// InvalidID counts channel IDs that are not the kit's (400 from
-	// SubscriberHandler, 403 from AuthorizeHandler).
+	// ListenHandler, 403 from AuthorizeHandler).
 	InvalidID uint64
-	// NoEndpoint counts listener requests to SubscriberHandler on a relay
+	// NoEndpoint counts listener requests to ListenHandler on a relay
 	// that serves its listeners itself, such as Nchan (404).
 	NoEndpoint uint64
 	// RelayRefused counts listener requests that passed the kit's checks
-	// and that the relay then refused with 403 (SubscriberHandler): a
+	// and that the relay then refused with 403 (ListenHandler): a
 	// channel with MaxListeners listeners already, a channel the relay
 	// does not have, or a WebSocket Origin it does not allow.
 	RelayRefused uint64
@@ -214,9 +214,9 @@ func (m *Manager) Stats() Stats {
 		},
 		RelayErrors: c.relayErrors.Load(),
 		Refused: HandlerRefusals{
-			Subscribe:  c.refused(handlerSubscribe),
-			Subscriber: c.refused(handlerSubscriber),
-			Authorize:  c.refused(handlerAuthorize),
+			Subscribe: c.refused(handlerSubscribe),
+			Listen:    c.refused(handlerListen),
+			Authorize: c.refused(handlerAuthorize),
 		},
 	}
 	if l, ok := m.store.(LenStore); ok {
@@ -289,12 +289,12 @@ type handler uint8
 
 const (
 	handlerSubscribe handler = iota
-	handlerSubscriber
+	handlerListen
 	handlerAuthorize
 	numHandlers
 )
 
-var handlerNames = [numHandlers]string{"subscribe", "subscriber", "authorize"}
+var handlerNames = [numHandlers]string{"subscribe", "listen", "authorize"}
 
 func (h handler) String() string { return handlerNames[h] }
 

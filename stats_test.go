@@ -76,14 +76,14 @@ func TestStatsOverHTTP(t *testing.T) {
 	carol.status("DELETE", "/subscribe", nil)
 	want.Refused.Subscribe.Method = 1
 	stranger.status("GET", cs.URL, nil)
-	want.Refused.Subscriber.NotSignedIn = 1
+	want.Refused.Listen.NotSignedIn = 1
 	alice.login("alice")
 	alice.status("GET", cs.URL, nil)
-	want.Refused.Subscriber.NotOwner = 1
+	want.Refused.Listen.NotOwner = 1
 	alice.status("GET", as.URL, nil) // her closed channel
-	want.Refused.Subscriber.NotOwner = 2
+	want.Refused.Listen.NotOwner = 2
 	alice.status("GET", "/sub/0", nil)
-	want.Refused.Subscriber.InvalidID = 1
+	want.Refused.Listen.InvalidID = 1
 	alice.status("GET", "/authorize", nil, "X-Channel-Id", cs.Channel)
 	want.Refused.Authorize.NotOwner = 1
 	alice.status("GET", "/authorize", nil, "X-Channel-Id", "")
@@ -139,7 +139,7 @@ func TestStatsOverHTTP(t *testing.T) {
 	if code := carol.status("GET", cs.URL, nil); code != 403 {
 		t.Fatalf("listener of a lost channel: %d", code)
 	}
-	want.Refused.Subscriber.RelayRefused = 1
+	want.Refused.Listen.RelayRefused = 1
 	check("relay refusal")
 	if cs2 := carol.subscribe(); cs2.Channel == cs.Channel {
 		t.Fatal("lost channel came back")
@@ -411,7 +411,7 @@ func TestStatsCloseCountsOnce(t *testing.T) {
 	for range 4 {
 		wg.Go(func() { kit.Manager.CloseChannel(ctx, id) })
 		wg.Go(func() { kit.Manager.ExpireIdle(ctx) })
-		wg.Go(func() { kit.Manager.Close(httptest.NewRecorder(), r.Clone(ctx)) })
+		wg.Go(func() { kit.Manager.SignOut(httptest.NewRecorder(), r.Clone(ctx)) })
 	}
 	wg.Wait()
 	c := kit.Manager.Stats().ChannelsClosed

@@ -180,7 +180,7 @@ func (m *Manager) ExpireIdle(ctx context.Context) (int, error) {
 		info, err := m.relay.Info(ctx, rec.ID)
 		m.relayFailed(err)
 		switch {
-		case err == nil && (info.Subscribers > 0 || info.SinceRequest >= 0 && info.SinceRequest < m.idle):
+		case err == nil && (info.Listeners > 0 || info.SinceRequest >= 0 && info.SinceRequest < m.idle):
 			if _, err := m.store.Touch(ctx, rec.ID, now); err != nil {
 				errs = append(errs, fmt.Errorf("sessionpush: expire: touch %s: %w", rec.ID, err))
 			}

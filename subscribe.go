@@ -21,9 +21,9 @@ var (
 	// ErrNotOwner means the session does not own the channel asked for,
 	// or the channel is not open.
 	ErrNotOwner = errors.New("sessionpush: channel not open for this session")
-	// ErrNoSubscriberEndpoint means the relay serves its listeners itself
-	// (Nchan), so SubscriberHandler has nothing to serve.
-	ErrNoSubscriberEndpoint = errors.New("sessionpush: the relay serves listeners itself")
+	// ErrNoListenEndpoint means the relay serves its listeners itself
+	// (Nchan), so ListenHandler has nothing to serve.
+	ErrNoListenEndpoint = errors.New("sessionpush: the relay serves listeners itself")
 )
 
 // StatusError is the error that the kit's handlers pass to
@@ -77,7 +77,7 @@ type Subscription struct {
 	// ?last_event_id= or Last-Event-ID) misses nothing pushed after the
 	// answer was made.
 	Cursor string `json:"cursor"`
-	// URL is where to listen: Config.SubscriberURL for this channel.
+	// URL is where to listen: Config.ListenURL for this channel.
 	URL string `json:"url"`
 	// Broadcast is the broadcast channel (Config.BroadcastChannel), to
 	// listen to on a connection of its own, with its own cursor; nil
@@ -233,10 +233,10 @@ func (m *Manager) openBroadcast(ctx context.Context) (*Subscription, error) {
 }
 
 func (m *Manager) subscription(id, cursor string) Subscription {
-	return Subscription{Channel: id, Cursor: cursor, URL: strings.ReplaceAll(m.subscriberURL, "{channel}", id)}
+	return Subscription{Channel: id, Cursor: cursor, URL: strings.ReplaceAll(m.listenURL, "{channel}", id)}
 }
 
-// SubscriberHandler returns the embedded relay's listening endpoint, meant
+// ListenHandler returns the embedded relay's listening endpoint, meant
 // for "GET /sub/{channel}": the channel ID comes from the path value
 // "channel", or else from the last element of the path. It answers 400 for
 // a malformed ID and 403 unless the request's session owns that open
@@ -249,14 +249,14 @@ func (m *Manager) subscription(id, cursor string) Subscription {
 // reconnect.
 //
 // With a relay that serves its listeners itself (Nchan) it answers 404.
-func (m *Manager) SubscriberHandler() http.Handler {
-	return http.HandlerFunc(m.serveSubscriber)
+func (m *Manager) ListenHandler() http.Handler {
+	return http.HandlerFunc(m.serveListen)
 }
 
-func (m *Manager) serveSubscriber(w http.ResponseWriter, r *http.Request) {
-	srv, ok := m.relay.(relay.SubscriberServer)
+func (m *Manager) serveListen(w http.ResponseWriter, r *http.Request) {
+	srv, ok := m.relay.(relay.ListenerServer)
 	if !ok {
-		m.fail(w, r, handlerSubscriber, reasonNoEndpoint, http.StatusNotFound, ErrNoSubscriberEndpoint)
+		m.fail(w, r, handlerListen, reasonNoEndpoint, http.StatusNotFound, ErrNoListenEndpoint)
 		return
 	}
 	id := r.PathValue("channel")
@@ -265,14 +265,14 @@ func (m *Manager) serveSubscriber(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Add("Vary", "Cookie")
 	if !validChannelID(id) {
-		m.fail(w, r, handlerSubscriber, reasonInvalidID, http.StatusBadRequest, fmt.Errorf("%w: not a channel id of this kit", ErrInvalidChannel))
+		m.fail(w, r, handlerListen, reasonInvalidID, http.StatusBadRequest, fmt.Errorf("%w: not a channel id of this kit", ErrInvalidChannel))
 		return
 	}
 	if err := m.authorize(r, id); err != nil {
-		m.fail(w, r, handlerSubscriber, reasonOf(err), http.StatusForbidden, err)
+		m.fail(w, r, handlerListen, reasonOf(err), http.StatusForbidden, err)
 		return
 	}
-	srv.ServeSubscriber(&refusalWriter{ResponseWriter: w, m: m, r: r}, r, id)
+	srv.ServeListener(&refusalWriter{ResponseWriter: w, m: m, r: r}, r, id)
 }
 
 // refusalWriter counts and logs the relay's refusal of a listener (a 403
@@ -289,7 +289,7 @@ func (w *refusalWriter) WriteHeader(code int) {
 	if !w.written {
 		w.written = true
 		if code == http.StatusForbidden {
-			w.m.refused(w.r, handlerSubscriber, reasonRelayRefused, code, nil)
+			w.m.refused(w.r, handlerListen, reasonRelayRefused, code, nil)
 		}
 	}
 	w.ResponseWriter.WriteHeader(code)
@@ -372,12 +372,12 @@ func (m *Manager) signedIn(r *http.Request) bool {
 	return s != nil && m.user(r, s) != ""
 }
 
-// Close signs the session's channel out (logout): it closes the channel on
+// SignOut signs the session's channel out (logout): it closes the channel on
 // the relay, which ends its listeners, removes it from the store, unbinds it
 // from the session and saves the session. Make any other change to the
-// session (such as removing the user) before calling Close, so that one
+// session (such as removing the user) before calling SignOut, so that one
 // save carries both. A session without a channel is not an error.
-func (m *Manager) Close(w http.ResponseWriter, r *http.Request) error {
+func (m *Manager) SignOut(w http.ResponseWriter, r *http.Request) error {
 	s, err := m.sessions.Get(r, m.name)
 	if s == nil {
 		return fmt.Errorf("sessionpush: session: %w", err)

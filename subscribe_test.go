@@ -92,7 +92,7 @@ func TestShutdownEndsListenersLeavesNoGoroutine(t *testing.T) {
 		s.Save(r, w)
 	})
 	mux.Handle("/subscribe", mgr.SubscribeHandler())
-	mux.Handle("GET /sub/{channel}", mgr.SubscriberHandler())
+	mux.Handle("GET /sub/{channel}", mgr.ListenHandler())
 	a.srv = httptest.NewServer(mgr.Middleware(mux))
 	b := a.browser().login("alice")
 	sub := b.subscribe()
@@ -130,7 +130,7 @@ func TestShutdownEndsListenersLeavesNoGoroutine(t *testing.T) {
 	waitGoroutines(t, before)
 }
 
-func TestSubscriberHandlerWithForeignRelay(t *testing.T) {
+func TestListenHandlerWithForeignRelay(t *testing.T) {
 	kit, err := sessionpushtest.NewKit(sessionpush.Config{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
@@ -141,9 +141,9 @@ func TestSubscriberHandlerWithForeignRelay(t *testing.T) {
 	}
 	r.SetPathValue("channel", ch)
 	w := httptest.NewRecorder()
-	kit.Manager.SubscriberHandler().ServeHTTP(w, r)
+	kit.Manager.ListenHandler().ServeHTTP(w, r)
 	if w.Code != 404 || strings.Contains(w.Body.String(), "relay") {
-		t.Fatalf("SubscriberHandler on a relay without listeners: %d %q", w.Code, w.Body)
+		t.Fatalf("ListenHandler on a relay without listeners: %d %q", w.Code, w.Body)
 	}
 }
 

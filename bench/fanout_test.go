@@ -66,7 +66,7 @@ func httpRequests(c *nchan.Client) uint64 {
 func serveHub(t *testing.T, h *hub.Hub) string {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /sub/{channel}", func(w http.ResponseWriter, r *http.Request) {
-		h.ServeSubscriber(w, r, r.PathValue("channel"))
+		h.ServeListener(w, r, r.PathValue("channel"))
 	})
 	srv := httptest.NewUnstartedServer(mux)
 	srv.Config.ErrorLog = nil
@@ -526,11 +526,11 @@ func waitSubscribers(t *testing.T, rel relay.Relay, channel string, n int) {
 	deadline := time.Now().Add(time.Minute)
 	for {
 		info, err := rel.Info(context.Background(), channel)
-		if err == nil && info.Subscribers == n {
+		if err == nil && info.Listeners == n {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("channel %s: %d listeners (err %v), want %d", channel, info.Subscribers, err, n)
+			t.Fatalf("channel %s: %d listeners (err %v), want %d", channel, info.Listeners, err, n)
 		}
 		time.Sleep(20 * time.Millisecond) // polling the relay's count
 	}

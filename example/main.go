@@ -127,7 +127,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	// Empty: the embedded relay. Else an nchan.Client publishes to this
 	// template and nginx serves the listeners (see nginx/nginx.conf).
 	publishURL := fs.String("publish-url", "", "publish to the Nchan publisher `URL` with {channel}, e.g. http://127.0.0.1:8091/pub/{channel} (nginx/nginx.conf)")
-	// Config.SubscriberURL: where /subscribe sends the page to listen.
+	// Config.ListenURL: where /subscribe sends the page to listen.
 	subscribeURL := fs.String("subscribe-url", "", "the listening `URL` with {channel} that /subscribe returns, relative to the page or absolute (default /sub/{channel})")
 	// Empty: the in-memory channel store. Else redisstore on this Redis,
 	// which several instances of the example can share.
@@ -180,14 +180,14 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		log.Info("session cookies are signed with a key made at start: sessions do not survive a restart (see -session-key)")
 	}
 	store := newSessionStoreWithKey(key, *secure)
-	cfg := sessionpush.Config{Sessions: store, Logger: log, SubscriberURL: *subscribeURL, BroadcastChannel: *broadcastChannel}
+	cfg := sessionpush.Config{Sessions: store, Logger: log, ListenURL: *subscribeURL, BroadcastChannel: *broadcastChannel}
 	if *publishURL != "" {
 		nc, err := nchan.New(*publishURL, nchan.Options{Logger: log})
 		if err != nil {
 			return err
 		}
 		defer nc.CloseIdleConnections() // nginx's graceful stop waits for them
-		cfg.Relay = nc                  // SubscriberHandler answers 404: nginx serves /sub
+		cfg.Relay = nc                  // ListenHandler answers 404: nginx serves /sub
 		log.Info("publishing to Nchan", "url", *publishURL)
 	}
 	var ownHub *hub.Hub // the embedded relay, when the example configures it
@@ -324,7 +324,7 @@ func newApp(mgr *sessionpush.Manager, store sessions.Store, log *slog.Logger, cf
 	mux.HandleFunc("POST /logout", a.logout)
 	mux.Handle("GET /subscribe", mgr.SubscribeHandler())
 	mux.Handle("POST /subscribe", mgr.SubscribeHandler())
-	mux.Handle("GET /sub/{channel}", mgr.SubscriberHandler())
+	mux.Handle("GET /sub/{channel}", mgr.ListenHandler())
 	mux.Handle("GET /authorize", mgr.AuthorizeHandler())
 	mux.HandleFunc("POST /push", a.push)
 	mux.HandleFunc("POST /broadcast", a.broadcast)
@@ -382,7 +382,7 @@ func (a *app) logout(w http.ResponseWriter, r *http.Request) {
 		delete(s.Values, userKey)
 		s.Options.MaxAge = -1
 	}
-	if err := a.mgr.Close(w, r); err != nil { // ends the channel's listeners
+	if err := a.mgr.SignOut(w, r); err != nil { // ends the channel's listeners
 		a.log.Error("signing out", "err", err)
 		http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
 		return

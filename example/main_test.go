@@ -392,11 +392,11 @@ func waitForListeners(t *testing.T, h *hub.Hub, channel string, n int) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if info.Subscribers == n {
+		if info.Listeners == n {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("channel %s: %d listeners; want %d", channel, info.Subscribers, n)
+			t.Fatalf("channel %s: %d listeners; want %d", channel, info.Listeners, n)
 		}
 	}
 }

@@ -106,7 +106,7 @@ func startNginxSiteWith(t *testing.T, conf string, mod func(*sessionpush.Config)
 		t.Fatal(err)
 	}
 	store := newSessionStore(false)
-	cfg := sessionpush.Config{Sessions: store, Relay: relay, SubscriberURL: "/sub/{channel}", Logger: log}
+	cfg := sessionpush.Config{Sessions: store, Relay: relay, ListenURL: "/sub/{channel}", Logger: log}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -199,11 +199,11 @@ func (s *nginxSite) waitForSubscribers(t *testing.T, channel string, n int) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if info.Subscribers == n {
+		if info.Listeners == n {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("channel %s: %d subscribers on Nchan; want %d", channel, info.Subscribers, n)
+			t.Fatalf("channel %s: %d subscribers on Nchan; want %d", channel, info.Listeners, n)
 		}
 	}
 }

@@ -363,7 +363,7 @@ func TestNginxCrossSiteWebSocket(t *testing.T) {
 	if resp == nil || resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("cross-site WebSocket handshake: %v, %v; want 403", resp, err)
 	}
-	if info, err := s.relay.Info(ctx, sub.Channel); err != nil || info.Subscribers != 0 {
+	if info, err := s.relay.Info(ctx, sub.Channel); err != nil || info.Listeners != 0 {
 		t.Fatalf("channel after the refused handshake: %+v, %v; want no listener", info, err)
 	}
 	conn, _, err = dial(s.URL)

@@ -1,7 +1,7 @@
 // Package hub is the embedded push relay: channels, their message buffers and
 // their listeners, kept in the application's own process and served by its
 // own net/http server. A [Hub] implements [relay.Relay] (the publisher side:
-// open, publish, inspect, close) and [relay.SubscriberServer] (the listener
+// open, publish, inspect, close) and [relay.ListenerServer] (the listener
 // side), and answers listeners on the wire as Nchan 1.3.6 does, so that the
 // same browser client works with either relay.
 //
@@ -21,7 +21,7 @@
 //
 // # Transports
 //
-// [Hub.ServeSubscriber] serves one listener. A WebSocket upgrade request
+// [Hub.ServeListener] serves one listener. A WebSocket upgrade request
 // (Connection: upgrade and Upgrade: websocket) gets a WebSocket; else a
 // request whose Accept names text/event-stream gets an EventSource stream;
 // any other gets a long-poll. Only GET is allowed (405 with "Allow: GET"
@@ -56,7 +56,7 @@
 // away, rather than about 27 KiB for a handler goroutine with net/http's
 // buffers; each message is written straight to the idle streams' sockets.
 // The response carries "Connection: close" and ends with the connection,
-// and ServeSubscriber returns while the stream goes on. Over HTTP/2, or
+// and ServeListener returns while the stream goes on. Over HTTP/2, or
 // behind a ResponseWriter that cannot hijack, the stream is chunked on the
 // handler goroutine.
 //
@@ -152,7 +152,7 @@
 //
 // [Hub.Shutdown] ends every listener as Close does, refuses new ones (503)
 // and every later call ([relay.ErrClosed]), and returns when every
-// ServeSubscriber call has returned and every hijacked EventSource stream
+// ServeListener call has returned and every hijacked EventSource stream
 // has ended (http.Server.Shutdown does not wait for those). A WebSocket listener returns only once
 // its connection is closed and the goroutine that reads it has ended; its
 // close handshake takes at most 5 seconds to send the close and 5 to await

@@ -240,7 +240,7 @@ func TestStalledListener(t *testing.T) {
 	t.Run("publish does not wait", func(t *testing.T) {
 		h, srv := newTestHub(t, Options{Heartbeat: -1, WriteTimeout: -1})
 		stalled := run(t, h, srv.URL, func(i int) bool { return i == 256 }) // 32 MiB
-		if n := mustInfo(t, h, ch).Subscribers; n != 2 {
+		if n := mustInfo(t, h, ch).Listeners; n != 2 {
 			t.Errorf("%d listeners, want the stalled one still there", n)
 		}
 		stalled.Close()
@@ -254,7 +254,7 @@ func TestStalledListener(t *testing.T) {
 			if i > 10000 {
 				t.Fatal("the stalled listener was never disconnected")
 			}
-			return mustInfo(t, h, ch).Subscribers == 1
+			return mustInfo(t, h, ch).Listeners == 1
 		})
 	})
 }

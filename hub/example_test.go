@@ -26,7 +26,7 @@ func Example() {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /sub/{channel}", func(w http.ResponseWriter, r *http.Request) {
 		// A real application first checks that r may listen to the channel.
-		h.ServeSubscriber(w, r, r.PathValue("channel"))
+		h.ServeListener(w, r, r.PathValue("channel"))
 	})
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
@@ -74,7 +74,7 @@ func Example_webSocket() {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /sub/{channel}", func(w http.ResponseWriter, r *http.Request) {
 		// A real application first checks that r may listen to the channel.
-		h.ServeSubscriber(w, r, r.PathValue("channel"))
+		h.ServeListener(w, r, r.PathValue("channel"))
 	})
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
@@ -113,7 +113,7 @@ func ExampleHub_Stats() {
 	h := hub.New(hub.Options{BufferLength: 1})
 	defer h.Shutdown(ctx)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h.ServeSubscriber(w, r, "news")
+		h.ServeListener(w, r, "news")
 	}))
 	defer srv.Close()
 

@@ -143,7 +143,7 @@ func pollGap(t *testing.T, h *Hub, from string) (body, gap string) {
 		req.Header.Set("Last-Event-ID", from)
 	}
 	rec := httptest.NewRecorder()
-	h.ServeSubscriber(rec, req, ch)
+	h.ServeListener(rec, req, ch)
 	if rec.Code != 200 {
 		t.Errorf("poll from %q: %d", from, rec.Code)
 	}

@@ -50,14 +50,14 @@ func (w flushOnly) Flush()                      { http.NewResponseController(w.w
 
 // serveWith returns a hub and a server whose handler wraps the
 // ResponseWriter with wrap and reports on returned each time
-// ServeSubscriber returns.
+// ServeListener returns.
 func serveWith(t *testing.T, opts Options, wrap func(http.ResponseWriter) http.ResponseWriter) (*Hub, *httptest.Server, chan struct{}) {
 	t.Helper()
 	h := New(opts)
 	returned := make(chan struct{}, 10)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-App", "before")
-		h.ServeSubscriber(wrap(w), r, strings.TrimPrefix(r.URL.Path, "/sub/"))
+		h.ServeListener(wrap(w), r, strings.TrimPrefix(r.URL.Path, "/sub/"))
 		returned <- struct{}{}
 	}))
 	t.Cleanup(srv.Close)
@@ -76,7 +76,7 @@ func waitChan(t *testing.T, c <-chan struct{}, what string) {
 
 // TestEventSourceHijacked reads a hijacked stream off the wire: its status
 // line and headers, those the application and a wrapper set included, and
-// events published after ServeSubscriber returned.
+// events published after ServeListener returned.
 func TestEventSourceHijacked(t *testing.T) {
 	h, srv, returned := serveWith(t, Options{}, func(w http.ResponseWriter) http.ResponseWriter { return &cookieWriter{w} })
 	mustOpen(t, h, ch)
@@ -110,7 +110,7 @@ func TestEventSourceHijacked(t *testing.T) {
 	if ev := s.next(t); ev.comment != ": hi" {
 		t.Fatalf("stream starts with %+v", ev)
 	}
-	waitChan(t, returned, "ServeSubscriber to return")
+	waitChan(t, returned, "ServeListener to return")
 	r := mustPublish(t, h, ch, text("after return"))
 	if ev := s.next(t); ev.id != r.ID || ev.data != "after return" {
 		t.Errorf("got %+v, want %s", ev, r.ID)
@@ -152,7 +152,7 @@ func TestEventSourcePeerGone(t *testing.T) {
 }
 
 // TestEventSourceNotHijacked serves streams where hijacking is not
-// possible: HTTP/2, and a wrapper that cannot hijack. ServeSubscriber then
+// possible: HTTP/2, and a wrapper that cannot hijack. ServeListener then
 // returns only when the stream ends.
 func TestEventSourceNotHijacked(t *testing.T) {
 	check := func(t *testing.T, h *Hub, client *http.Client, url string, returned chan struct{}, proto int) {
@@ -178,21 +178,21 @@ func TestEventSourceNotHijacked(t *testing.T) {
 		}
 		select {
 		case <-returned:
-			t.Fatal("ServeSubscriber returned while its stream goes on")
+			t.Fatal("ServeListener returned while its stream goes on")
 		default:
 		}
 		h.Close(context.Background(), ch)
 		if ev := s.next(t); ev.comment != ":410: 410 Gone" {
 			t.Errorf("got %+v, want the 410 comment", ev)
 		}
-		waitChan(t, returned, "ServeSubscriber to return")
+		waitChan(t, returned, "ServeListener to return")
 	}
 
 	t.Run("HTTP/2", func(t *testing.T) {
 		h := New(Options{})
 		returned := make(chan struct{}, 1)
 		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			h.ServeSubscriber(w, r, strings.TrimPrefix(r.URL.Path, "/sub/"))
+			h.ServeListener(w, r, strings.TrimPrefix(r.URL.Path, "/sub/"))
 			returned <- struct{}{}
 		}))
 		srv.EnableHTTP2 = true

@@ -20,8 +20,8 @@ import (
 )
 
 var (
-	_ relay.Relay            = (*Hub)(nil)
-	_ relay.SubscriberServer = (*Hub)(nil)
+	_ relay.Relay          = (*Hub)(nil)
+	_ relay.ListenerServer = (*Hub)(nil)
 )
 
 // Options configures a [Hub]. The zero value gives Nchan's defaults.
@@ -45,7 +45,7 @@ type Options struct {
 	// channels together: when a message takes the total above it, the
 	// oldest buffered messages, whatever their channel, are dropped until
 	// it fits, and listeners that had not had them get the gap signal (see
-	// ServeSubscriber) as for any dropped message. Each message counts its
+	// ServeListener) as for any dropped message. Each message counts its
 	// bytes as held (the body once, inside its EventSource event, or twice
 	// for a body with line breaks) and 256 bytes more. It bounds what
 	// publishers can make the hub hold, whatever the number of channels.
@@ -98,7 +98,7 @@ type Options struct {
 
 // Hub is the embedded relay: it keeps channels and their message buffers in
 // memory and serves their listeners over long-poll, EventSource and
-// WebSocket. It implements [relay.Relay] and [relay.SubscriberServer].
+// WebSocket. It implements [relay.Relay] and [relay.ListenerServer].
 //
 // Create one with [New]; a Hub is safe for concurrent use and must not be
 // copied. Stop it with [Hub.Shutdown].
@@ -110,7 +110,7 @@ type Hub struct {
 	channels map[string]*chanState
 	closed   bool
 
-	serving sync.WaitGroup // ServeSubscriber calls and hijacked streams in flight
+	serving sync.WaitGroup // ServeListener calls and hijacked streams in flight
 
 	budget budget // every buffered message, for Options.MaxBufferedBytes
 	stats  counters
@@ -181,12 +181,12 @@ func (h *Hub) Open(ctx context.Context, channel string) (string, error) {
 // open, [relay.ErrMessageTooLarge] if the body exceeds
 // Options.MaxMessageSize, [relay.ErrClosed] after Shutdown, an error
 // wrapping [ErrReservedEvent] if m.Event is "gap" (the name of the hub's
-// gap signal, see ServeSubscriber), and an error if m.Event contains CR or
+// gap signal, see ServeListener), and an error if m.Event contains CR or
 // LF; nothing is published then.
 //
 // Publish never waits for listeners: it holds the channel's lock only to
 // append. It hands the message to the channel's idle hijacked EventSource
-// streams (see ServeSubscriber); to a few of them it writes it itself, as
+// streams (see ServeListener); to a few of them it writes it itself, as
 // far as each socket takes it at once, which costs a system call each but
 // no goroutine; more get a goroutine of their own. A stream over TLS, which
 // cannot be written without the risk of waiting, is always handed to a
@@ -234,7 +234,7 @@ func (h *Hub) Publish(ctx context.Context, channel string, m relay.Message) (rel
 	close(w.c)
 	parked := c.parked
 	c.parked = nil
-	receipt := relay.Receipt{ID: msg.id, Subscribers: c.listeners, Queued: len(c.msgs)}
+	receipt := relay.Receipt{ID: msg.id, Listeners: c.listeners, Queued: len(c.msgs)}
 	c.mu.Unlock()
 	h.budget.evict()
 	h.stats.published.Add(1)
@@ -269,7 +269,7 @@ func (h *Hub) Info(ctx context.Context, channel string) (relay.Info, error) {
 	}
 	return relay.Info{
 		Messages:      len(c.msgs),
-		Subscribers:   c.listeners,
+		Listeners:     c.listeners,
 		LastMessageID: c.cursor(),
 		SinceRequest:  since,
 	}, nil
@@ -330,7 +330,7 @@ func (h *Hub) SetMaxListeners(channel string, n int) error {
 
 // Shutdown closes every channel as [Hub.Close] does and refuses new
 // listeners (503) and every later call ([relay.ErrClosed]). It returns nil
-// once every ServeSubscriber call has returned and every EventSource stream
+// once every ServeListener call has returned and every EventSource stream
 // it handed to a goroutine of its own has ended, or ctx.Err() if ctx ends
 // first; listeners still writing then end within Options.WriteTimeout, and
 // a WebSocket's close handshake within coder/websocket's bounds (5 seconds
@@ -357,7 +357,7 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	}
 }
 
-// ServeSubscriber serves one listener of channel: WebSocket when the
+// ServeListener serves one listener of channel: WebSocket when the
 // request asks to upgrade to it, else EventSource when its Accept names
 // text/event-stream, else long-poll. The caller has already decided that
 // the request may listen to channel; for WebSocket it decides on the
@@ -370,7 +370,7 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 // Options.OriginPatterns does not allow.
 //
 // An EventSource listener over HTTP/1.x takes the connection over
-// (http.Hijacker): ServeSubscriber writes the status line and the headers
+// (http.Hijacker): ServeListener writes the status line and the headers
 // then in w.Header() (with those it sets itself), and returns while the
 // stream goes on. Such a response has no Content-Length and no chunked
 // encoding: it carries "Connection: close" and ends when the connection
@@ -382,7 +382,7 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 // whose writes is bounded by Options.WriteTimeout. This keeps an idle listener at about
 // 5 KiB of process memory, against about 27 KiB for a net/http handler
 // goroutine with its buffers. Over HTTP/2, or when w cannot hijack, the
-// stream is served on the handler goroutine and ServeSubscriber returns
+// stream is served on the handler goroutine and ServeListener returns
 // when it ends. Either way [Hub.Shutdown] ends the stream and waits for it;
 // http.Server.Shutdown does not wait for a hijacked one (the connection is
 // no longer the server's), nor does the request's context follow it.
@@ -401,7 +401,7 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 // message with a "gap: P" line after its other header lines. A WebSocket
 // with ws+meta.nchan gets no signal, so that its frames keep Nchan's exact
 // shape, nor does a plain WebSocket, whose frames carry no metadata.
-func (h *Hub) ServeSubscriber(w http.ResponseWriter, r *http.Request, channel string) {
+func (h *Hub) ServeListener(w http.ResponseWriter, r *http.Request, channel string) {
 	hdr := w.Header()
 	hdr.Set("Cache-Control", "no-store")
 	hdr.Set("X-Accel-Buffering", "no")
@@ -511,7 +511,7 @@ func (h *Hub) refuse(w http.ResponseWriter, code int, reason string) {
 	reply(w, code, reason)
 }
 
-// enter counts a ServeSubscriber call for Shutdown, or reports false after
+// enter counts a ServeListener call for Shutdown, or reports false after
 // Shutdown. The count rises under the lock that Shutdown takes to close, so
 // no Add races with its Wait.
 func (h *Hub) enter() bool {
@@ -803,7 +803,7 @@ func (m *message) live(now time.Time) bool {
 	return m.expires.IsZero() || now.Before(m.expires)
 }
 
-// listener is one ServeSubscriber call in progress, or a hijacked
+// listener is one ServeListener call in progress, or a hijacked
 // EventSource stream.
 type listener struct {
 	hub       *Hub

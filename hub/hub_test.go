@@ -29,7 +29,7 @@ func newTestHub(t testing.TB, opts Options) (*Hub, *httptest.Server) {
 	h := New(opts)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/sub/{channel}", func(w http.ResponseWriter, r *http.Request) {
-		h.ServeSubscriber(w, r, r.PathValue("channel"))
+		h.ServeListener(w, r, r.PathValue("channel"))
 	})
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
@@ -79,7 +79,7 @@ func eventually(t testing.TB, what string, cond func() bool) {
 // waitListeners waits until channel has n listeners.
 func waitListeners(t testing.TB, h *Hub, channel string, n int) {
 	t.Helper()
-	eventually(t, fmt.Sprintf("%d listeners", n), func() bool { return mustInfo(t, h, channel).Subscribers == n })
+	eventually(t, fmt.Sprintf("%d listeners", n), func() bool { return mustInfo(t, h, channel).Listeners == n })
 }
 
 func TestOpen(t *testing.T) {
@@ -170,9 +170,9 @@ func TestInvalidIDs(t *testing.T) {
 				}
 			}
 			rec := httptest.NewRecorder()
-			h.ServeSubscriber(rec, httptest.NewRequest("GET", "/", nil), id)
+			h.ServeListener(rec, httptest.NewRequest("GET", "/", nil), id)
 			if rec.Code != http.StatusBadRequest {
-				t.Errorf("ServeSubscriber: %d, want 400", rec.Code)
+				t.Errorf("ServeListener: %d, want 400", rec.Code)
 			}
 		})
 	}
@@ -199,7 +199,7 @@ func TestInfo(t *testing.T) {
 	}
 	mustOpen(t, h, ch)
 	info := mustInfo(t, h, ch)
-	if info.Messages != 0 || info.Subscribers != 0 || info.LastMessageID != relay.NoCursor || info.SinceRequest >= 0 {
+	if info.Messages != 0 || info.Listeners != 0 || info.LastMessageID != relay.NoCursor || info.SinceRequest >= 0 {
 		t.Errorf("new channel: %+v", info)
 	}
 	mustPublish(t, h, ch, text("a"))
@@ -221,7 +221,7 @@ func TestInfo(t *testing.T) {
 	if info.Messages != 2 || info.LastMessageID != r.ID || info.SinceRequest < 0 {
 		t.Errorf("with a listener: %+v", info)
 	}
-	if r := mustPublish(t, h, ch, text("c")); r.Subscribers != 1 || r.Queued != 3 {
+	if r := mustPublish(t, h, ch, text("c")); r.Listeners != 1 || r.Queued != 3 {
 		t.Errorf("receipt %+v, want 1 subscriber, 3 queued", r)
 	}
 	if resp := <-done; resp != nil {
@@ -380,7 +380,7 @@ func poll(t testing.TB, h *Hub, header http.Header) (int, string) {
 		req.Header[k] = v
 	}
 	rec := httptest.NewRecorder()
-	h.ServeSubscriber(rec, req, ch)
+	h.ServeListener(rec, req, ch)
 	return rec.Code, rec.Body.String()
 }
 
@@ -488,7 +488,7 @@ func TestServerWriteTimeout(t *testing.T) {
 	const writeTimeout = 200 * time.Millisecond
 	h := New(Options{Heartbeat: -1})
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h.ServeSubscriber(w, r, ch)
+		h.ServeListener(w, r, ch)
 	}))
 	srv.Config.WriteTimeout = writeTimeout
 	srv.Start()
@@ -547,7 +547,7 @@ func TestShutdown(t *testing.T) {
 	before := runtime.NumGoroutine()
 	h := New(Options{MaxListeners: -1})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h.ServeSubscriber(w, r, ch)
+		h.ServeListener(w, r, ch)
 	}))
 	tr := &http.Transport{}
 	client := &http.Client{Transport: tr}
@@ -600,9 +600,9 @@ func TestShutdown(t *testing.T) {
 	}
 
 	rec := httptest.NewRecorder()
-	h.ServeSubscriber(rec, httptest.NewRequest("GET", "/", nil), ch)
+	h.ServeListener(rec, httptest.NewRequest("GET", "/", nil), ch)
 	if rec.Code != http.StatusServiceUnavailable {
-		t.Errorf("ServeSubscriber after Shutdown: %d, want 503", rec.Code)
+		t.Errorf("ServeListener after Shutdown: %d, want 503", rec.Code)
 	}
 	_, err1 := h.Open(ctx, ch)
 	_, err2 := h.Publish(ctx, ch, text("x"))
@@ -628,7 +628,7 @@ func TestShutdownContext(t *testing.T) {
 		mustOpen(t, h, ch)
 		// A listener that cannot take its 410 holds Shutdown until ctx ends.
 		w := &blockingWriter{header: http.Header{}, release: make(chan struct{})}
-		go h.ServeSubscriber(w, httptest.NewRequest("GET", "/", nil), ch)
+		go h.ServeListener(w, httptest.NewRequest("GET", "/", nil), ch)
 		synctest.Wait()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
@@ -684,7 +684,7 @@ func BenchmarkFanOut(b *testing.B) {
 			for range n {
 				req := httptest.NewRequest("GET", "/", nil).WithContext(ctx)
 				req.Header.Set("Accept", "text/event-stream")
-				wg.Go(func() { h.ServeSubscriber(&fanoutWriter{f: f, header: http.Header{}}, req, ch) })
+				wg.Go(func() { h.ServeListener(&fanoutWriter{f: f, header: http.Header{}}, req, ch) })
 			}
 			<-f.done
 			m := text(`{"hello":"world"}`)

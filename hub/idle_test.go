@@ -67,7 +67,7 @@ func TestIdleListeners(t *testing.T) {
 			h.stats.listeners[transportEventSource].Add(1)
 			return
 		}
-		h.ServeSubscriber(w, r, strings.TrimPrefix(r.URL.Path, "/sub/"))
+		h.ServeListener(w, r, strings.TrimPrefix(r.URL.Path, "/sub/"))
 	}))
 	// HUB_IDLE_PROTO: plain HTTP/1.1 (empty), tls (HTTP/1.1 over TLS), h2
 	// (HTTP/2, a connection per listener) or h2mux (HTTP/2, 100 listeners

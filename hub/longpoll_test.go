@@ -165,7 +165,7 @@ func TestLongPollWaits(t *testing.T) {
 					req.Header[k] = v
 				}
 				start := time.Now()
-				h.ServeSubscriber(rec, req, ch)
+				h.ServeListener(rec, req, ch)
 				if rec.Code != tt.want || rec.Body.Len() != 0 || rec.Header().Get("Content-Length") != "0" {
 					t.Errorf("got %d %q, want %d and an empty body", rec.Code, rec.Body, tt.want)
 				}

@@ -62,7 +62,7 @@ type Stats struct {
 	// Options.WriteTimeout.
 	SlowDisconnects uint64
 	// Gaps counts the gap signals sent: listeners told that messages they
-	// had not had were dropped (see [Hub.ServeSubscriber]).
+	// had not had were dropped (see [Hub.ServeListener]).
 	Gaps uint64
 	// BufferedBytes is the memory the buffered messages of all channels
 	// hold now, as Options.MaxBufferedBytes counts it.

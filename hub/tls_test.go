@@ -39,7 +39,7 @@ func newTLSHub(t testing.TB, p tlsProto, opts Options, serverWriteTimeout time.D
 		if r.ProtoMajor != want {
 			t.Errorf("%s request over %s", p.name, r.Proto)
 		}
-		h.ServeSubscriber(w, r, r.PathValue("channel"))
+		h.ServeListener(w, r, r.PathValue("channel"))
 	})
 	srv := httptest.NewUnstartedServer(mux)
 	srv.EnableHTTP2 = p.http2
@@ -143,7 +143,7 @@ func TestTLSIdleListeners(t *testing.T) {
 				first := poll(nil)
 				waitListeners(t, h, c, 1)
 				silence()
-				if n := mustInfo(t, h, c).Subscribers; n != 1 {
+				if n := mustInfo(t, h, c).Listeners; n != 1 {
 					t.Fatalf("after %v of silence: %d listeners, want 1", 2*writeTimeout, n)
 				}
 				mustPublish(t, h, c, text("late"))

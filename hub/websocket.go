@@ -54,7 +54,7 @@ func (l *listener) webSocket(r *http.Request) error {
 	}
 	l.wrote = true
 	// CloseNow waits for the goroutine that CloseRead starts, so that
-	// Shutdown's wait for ServeSubscriber covers it. After Close it only
+	// Shutdown's wait for ServeListener covers it. After Close it only
 	// waits.
 	defer conn.CloseNow()
 

@@ -231,7 +231,7 @@ func TestWebSocketShutdown(t *testing.T) {
 	before := runtime.NumGoroutine()
 	h := New(Options{MaxListeners: -1})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h.ServeSubscriber(w, r, ch)
+		h.ServeListener(w, r, ch)
 	}))
 	tr := &http.Transport{}
 	client := &http.Client{Transport: tr}
@@ -308,7 +308,7 @@ func TestWebSocketRefusals(t *testing.T) {
 			checkRefusal(t, get(srv.Client(), tt.method, tt.url, tt.header), tt.want, false)
 		})
 	}
-	if n := mustInfo(t, h, ch).Subscribers; n != 0 {
+	if n := mustInfo(t, h, ch).Listeners; n != 0 {
 		t.Errorf("%d listeners left by refusals", n)
 	}
 }
@@ -440,7 +440,7 @@ func TestWebSocketStalled(t *testing.T) {
 			t.Run("publish does not wait", func(t *testing.T) {
 				h, srv := newTestHub(t, Options{Heartbeat: -1, WriteTimeout: -1})
 				stop := run(t, h, srv, s.dial, func(i int) bool { return i == 256 }) // 32 MiB
-				if n := mustInfo(t, h, ch).Subscribers; n != 2 {
+				if n := mustInfo(t, h, ch).Listeners; n != 2 {
 					t.Errorf("%d listeners, want the stalled one still there", n)
 				}
 				stop()
@@ -453,7 +453,7 @@ func TestWebSocketStalled(t *testing.T) {
 					if i > 10000 {
 						t.Fatal("the stalled listener was never disconnected")
 					}
-					return mustInfo(t, h, ch).Subscribers == 1
+					return mustInfo(t, h, ch).Listeners == 1
 				})
 			})
 		})
@@ -513,7 +513,7 @@ func dialPipe(t *testing.T, h *Hub, opts websocket.DialOptions) *websocket.Conn 
 	t.Helper()
 	p := newPipeNet()
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h.ServeSubscriber(w, r, ch)
+		h.ServeListener(w, r, ch)
 	})}
 	go srv.Serve(p)
 	tr := &http.Transport{DialContext: p.dial}
@@ -570,7 +570,7 @@ func TestWebSocketHeartbeat(t *testing.T) {
 			if n := pings.Load(); n != int64(time.Hour/heartbeat) {
 				t.Errorf("%d pings in an hour, want one every %v", n, heartbeat)
 			}
-			if n := mustInfo(t, h, ch).Subscribers; n != 1 {
+			if n := mustInfo(t, h, ch).Listeners; n != 1 {
 				t.Fatalf("%d listeners, want the pinged one", n)
 			}
 			mustPublish(t, h, ch, text("still there"))
@@ -597,7 +597,7 @@ func TestWebSocketHeartbeat(t *testing.T) {
 				t.Errorf("after %d pings read %q (%v), want the connection cut without a close frame", pings.Load(), r.data, r.err)
 			}
 			synctest.Wait()
-			if n := mustInfo(t, h, ch).Subscribers; n != 0 {
+			if n := mustInfo(t, h, ch).Listeners; n != 0 {
 				t.Errorf("%d listeners, want none", n)
 			}
 		})
@@ -635,12 +635,12 @@ func TestWebSocketHeartbeat(t *testing.T) {
 			}
 			time.Sleep(writeTimeout - time.Nanosecond)
 			synctest.Wait()
-			if n := mustInfo(t, h, ch).Subscribers; n != 1 {
+			if n := mustInfo(t, h, ch).Listeners; n != 1 {
 				t.Errorf("%d listeners before the WriteTimeout, want 1", n)
 			}
 			time.Sleep(time.Nanosecond)
 			synctest.Wait()
-			if n := mustInfo(t, h, ch).Subscribers; n != 0 {
+			if n := mustInfo(t, h, ch).Listeners; n != 0 {
 				t.Errorf("%d listeners after the WriteTimeout, want none", n)
 			}
 		})

@@ -15,7 +15,7 @@
 //	sessionpush_failed_relay_requests_total   counter  relay requests that failed
 //	sessionpush_refused_requests_total        counter  by handler and reason:
 //	                                                   subscribe: method, cross_origin, not_signed_in, error;
-//	                                                   subscriber: not_signed_in, not_owner, invalid_id,
+//	                                                   listen: not_signed_in, not_owner, invalid_id,
 //	                                                   no_endpoint, relay_refused, error;
 //	                                                   authorize: not_signed_in, not_owner, invalid_id, error
 //	sessionpush_invalid_relay_stats           gauge    relay stats left out (see below)
@@ -130,7 +130,7 @@ func Write(w io.Writer, s sessionpush.Stats) error {
 	for _, h := range []struct {
 		name string
 		r    sessionpush.Refusals
-	}{{"subscribe", s.Refused.Subscribe}, {"subscriber", s.Refused.Subscriber}, {"authorize", s.Refused.Authorize}} {
+	}{{"subscribe", s.Refused.Subscribe}, {"listen", s.Refused.Listen}, {"authorize", s.Refused.Authorize}} {
 		r := h.r
 		for _, v := range []struct {
 			reason string
@@ -164,9 +164,9 @@ func Write(w io.Writer, s sessionpush.Stats) error {
 // reasons are the reasons that each handler gives; the others stay zero
 // and are not written.
 var reasons = map[string][]string{
-	"subscribe":  {"method", "cross_origin", "not_signed_in", "error"},
-	"subscriber": {"not_signed_in", "not_owner", "invalid_id", "no_endpoint", "relay_refused", "error"},
-	"authorize":  {"not_signed_in", "not_owner", "invalid_id", "error"},
+	"subscribe": {"method", "cross_origin", "not_signed_in", "error"},
+	"listen":    {"not_signed_in", "not_owner", "invalid_id", "no_endpoint", "relay_refused", "error"},
+	"authorize": {"not_signed_in", "not_owner", "invalid_id", "error"},
 }
 
 // family is the relay's stats of one name.

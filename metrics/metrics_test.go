@@ -75,9 +75,9 @@ func TestWriteKitStats(t *testing.T) {
 	}
 	c, f, r := s.ChannelsClosed, s.PushFailures, s.Refused
 	given := map[string][]string{
-		"subscribe":  {"method", "cross_origin", "not_signed_in", "error"},
-		"subscriber": {"not_signed_in", "not_owner", "invalid_id", "no_endpoint", "relay_refused", "error"},
-		"authorize":  {"not_signed_in", "not_owner", "invalid_id", "error"},
+		"subscribe": {"method", "cross_origin", "not_signed_in", "error"},
+		"listen":    {"not_signed_in", "not_owner", "invalid_id", "no_endpoint", "relay_refused", "error"},
+		"authorize": {"not_signed_in", "not_owner", "invalid_id", "error"},
 	}
 	impossible := 0
 	wants := []want{
@@ -99,7 +99,7 @@ func TestWriteKitStats(t *testing.T) {
 	for _, h := range []struct {
 		name string
 		r    sessionpush.Refusals
-	}{{"subscribe", r.Subscribe}, {"subscriber", r.Subscriber}, {"authorize", r.Authorize}} {
+	}{{"subscribe", r.Subscribe}, {"listen", r.Listen}, {"authorize", r.Authorize}} {
 		for _, v := range []struct {
 			reason string
 			n      uint64
@@ -446,7 +446,7 @@ func TestHandlerEmbeddedRelay(t *testing.T) {
 		s.Save(r, w)
 	})
 	mux.Handle("POST /subscribe", mgr.SubscribeHandler())
-	mux.Handle("GET /sub/{channel}", mgr.SubscriberHandler())
+	mux.Handle("GET /sub/{channel}", mgr.ListenHandler())
 	mux.Handle("GET /metrics", metrics.Handler(mgr))
 	srv := httptest.NewServer(mgr.Middleware(mux))
 	defer srv.Close()
@@ -484,7 +484,7 @@ func TestHandlerEmbeddedRelay(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		info, err := mgr.Relay().Info(context.Background(), string(id))
-		if err == nil && info.Subscribers == 1 {
+		if err == nil && info.Listeners == 1 {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -286,7 +286,7 @@ func TestLegacyInfoContentTypes(t *testing.T) {
 			t.Errorf("label %q: Info: %v", label, err)
 			continue
 		}
-		if info.Messages != 1 || info.Subscribers != 0 || info.LastMessageID != "" || info.SinceRequest >= 0 {
+		if info.Messages != 1 || info.Listeners != 0 || info.LastMessageID != "" || info.SinceRequest >= 0 {
 			t.Errorf("label %q: Info %+v, want 1 message, no subscriber, no ID, never requested", label, info)
 		}
 	}
@@ -305,7 +305,7 @@ func TestLegacyCloseIsImmediate(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if info.Subscribers == 1 {
+		if info.Listeners == 1 {
 			break
 		}
 		time.Sleep(5 * time.Millisecond)
@@ -586,7 +586,7 @@ func TestPublishHeaders(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r != (relay.Receipt{ID: "1795742139:4", Subscribers: 1, Queued: 2}) {
+	if r != (relay.Receipt{ID: "1795742139:4", Listeners: 1, Queued: 2}) {
 		t.Errorf("receipt %+v", r)
 	}
 	if got.Get("Content-Type") != "application/json" || got.Get("X-EventSource-Event") != "upd" || gotBody != `{"a":1}` || got.Get("Accept") != "" {

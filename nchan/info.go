@@ -177,14 +177,14 @@ func (ci channelInfo) cursor() string {
 func (ci channelInfo) relayInfo() relay.Info {
 	return relay.Info{
 		Messages:      ci.messages,
-		Subscribers:   ci.subscribers,
+		Listeners:     ci.subscribers,
 		LastMessageID: ci.lastID,
 		SinceRequest:  time.Duration(ci.requested) * time.Second,
 	}
 }
 
 func (ci channelInfo) receipt() relay.Receipt {
-	return relay.Receipt{ID: ci.lastID, Subscribers: ci.subscribers, Queued: ci.messages}
+	return relay.Receipt{ID: ci.lastID, Listeners: ci.subscribers, Queued: ci.messages}
 }
 
 // clip keeps error texts short when they quote server or caller input.

@@ -149,7 +149,7 @@ func TestNchanOpenPublishInfoClose(t *testing.T) {
 		t.Fatalf("cursor %q (%v), want the ID of Nchan's empty open message", cursor, err)
 	}
 	info, err := c.Info(ctx, "life")
-	if err != nil || info.Messages != 1 || info.LastMessageID != cursor || info.Subscribers != 0 || info.SinceRequest >= 0 {
+	if err != nil || info.Messages != 1 || info.LastMessageID != cursor || info.Listeners != 0 || info.SinceRequest >= 0 {
 		t.Fatalf("Info after Open: %+v, %v; want 1 message with ID %s, never requested", info, err, cursor)
 	}
 	if again, err := c.Open(ctx, "life"); err != nil || again != cursor {
@@ -164,7 +164,7 @@ func TestNchanOpenPublishInfoClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	rid, err := relay.ParseMessageID(r.ID)
-	if err != nil || rid.Compare(cid) <= 0 || r.Queued != 2 || r.Subscribers != 0 {
+	if err != nil || rid.Compare(cid) <= 0 || r.Queued != 2 || r.Listeners != 0 {
 		t.Fatalf("receipt %+v (%v), want an ID after %s, 2 queued, no subscriber", r, err, cursor)
 	}
 	if info, _ := c.Info(ctx, "life"); info.LastMessageID != r.ID || info.Messages != 2 {
@@ -261,7 +261,7 @@ func waitSubscribers(t *testing.T, c *Client, id string, want int) {
 		if err != nil {
 			t.Fatalf("waiting for %d subscribers: %v", want, err)
 		}
-		if info.Subscribers == want {
+		if info.Listeners == want {
 			return
 		}
 		time.Sleep(5 * time.Millisecond)

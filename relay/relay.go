@@ -48,15 +48,15 @@ type Relay interface {
 	Close(ctx context.Context, channel string) error
 }
 
-// SubscriberServer is implemented by relays that serve listeners in the
+// ListenerServer is implemented by relays that serve listeners in the
 // application's own process, such as the embedded relay. The kit finds it by
 // type assertion on a [Relay].
-type SubscriberServer interface {
-	// ServeSubscriber serves one listener of channel on w. The caller has
+type ListenerServer interface {
+	// ServeListener serves one listener of channel on w. The caller has
 	// already decided that the request may listen to channel. It may return
 	// while the listener goes on, on a connection it took over from
 	// net/http (http.Hijacker); the relay's own shutdown then ends it.
-	ServeSubscriber(w http.ResponseWriter, r *http.Request, channel string)
+	ServeListener(w http.ResponseWriter, r *http.Request, channel string)
 }
 
 // Message is one message published to a channel.
@@ -78,9 +78,9 @@ type Receipt struct {
 	// ID is the message ID ("<unix-seconds>:<tag>"), or empty if the
 	// relay does not report it.
 	ID string
-	// Subscribers is the number of listeners connected when the message
+	// Listeners is the number of listeners connected when the message
 	// was published, as the relay counts them.
-	Subscribers int
+	Listeners int
 	// Queued is the number of messages buffered in the channel after the
 	// publish.
 	Queued int
@@ -90,8 +90,8 @@ type Receipt struct {
 type Info struct {
 	// Messages is the number of buffered messages.
 	Messages int
-	// Subscribers is the number of listeners connected now.
-	Subscribers int
+	// Listeners is the number of listeners connected now.
+	Listeners int
 	// LastMessageID is the ID of the newest message, [NoCursor] if the
 	// channel has none, or empty if the relay does not report it.
 	LastMessageID string

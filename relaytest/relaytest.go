@@ -223,7 +223,7 @@ func (s *suite) waitListeners(t *testing.T, ch string, n int) {
 	deadline := time.Now().Add(s.Timeout)
 	for {
 		info, err := s.Relay.Info(context.Background(), ch)
-		if err == nil && info.Subscribers >= n {
+		if err == nil && info.Listeners >= n {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -393,7 +393,7 @@ func (s *suite) noPosition(t *testing.T) {
 				t.Fatalf("long-poll without a position got %q before any new message, want it to wait", r)
 			default:
 			}
-			if info, err := s.Relay.Info(context.Background(), sess.Channel); err == nil && info.Subscribers >= 1 {
+			if info, err := s.Relay.Info(context.Background(), sess.Channel); err == nil && info.Listeners >= 1 {
 				break
 			}
 			if time.Now().After(deadline) {

@@ -43,7 +43,7 @@ func newApp(mgr *sessionpush.Manager, store sessions.Store) http.Handler {
 		s.Save(r, w)
 	})
 	mux.Handle("POST /subscribe", mgr.SubscribeHandler())
-	mux.Handle("GET /sub/{channel}", mgr.SubscriberHandler())
+	mux.Handle("GET /sub/{channel}", mgr.ListenHandler())
 	mux.Handle("GET /authorize", mgr.AuthorizeHandler())
 	mux.HandleFunc("GET /whoami", func(w http.ResponseWriter, r *http.Request) {
 		if ch := sessionpush.CurrentChannel(r); ch != nil {

@@ -33,7 +33,7 @@ func TestShutdownEndsEveryListener(t *testing.T) {
 	h := hub.New(hub.Options{MaxListeners: -1})
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /sub/{ch}", func(w http.ResponseWriter, r *http.Request) {
-		h.ServeSubscriber(w, r, r.PathValue("ch"))
+		h.ServeListener(w, r, r.PathValue("ch"))
 	})
 	srv := httptest.NewServer(mux)
 	tr := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 8}

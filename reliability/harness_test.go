@@ -79,7 +79,7 @@ func serveHubOver(t testing.TB, h *hub.Hub, p proto) *httptest.Server {
 		if p.http2 && r.ProtoMajor != 2 && r.Header.Get("Upgrade") == "" {
 			t.Errorf("%s listener over %s", p.name, r.Proto)
 		}
-		h.ServeSubscriber(w, r, r.PathValue("ch"))
+		h.ServeListener(w, r, r.PathValue("ch"))
 	})
 	srv := httptest.NewUnstartedServer(mux)
 	if p.tls {
@@ -487,7 +487,7 @@ func subscribers(r relay.Relay, ch string) int {
 	if err != nil {
 		return -1
 	}
-	return info.Subscribers
+	return info.Listeners
 }
 
 // envOr returns the environment variable k, or def if it is empty.

@@ -287,16 +287,16 @@ func runSlow(t *testing.T, p proto, writeTimeout time.Duration) {
 			t.Fatalf("publish %d: %v", seq, err)
 		}
 		if took > maxPublish {
-			maxPublish, maxAt, maxSubs = took, seq, rc.Subscribers
+			maxPublish, maxAt, maxSubs = took, seq, rc.Listeners
 		}
-		if rc.Subscribers == 3 {
+		if rc.Listeners == 3 {
 			publishedStalled++
 		}
 		if seq%32 == 0 {
 			peak = max(peak, liveHeap())
 		}
 		if seq == full {
-			connectedWhenFull = rc.Subscribers
+			connectedWhenFull = rc.Listeners
 			if st := h.Stats(); st.SlowDisconnects != 0 || st.Disconnects != (hub.DisconnectCounts{}) {
 				t.Errorf("a stalled listener was cut before %v: %+v", writeTimeout, st.Disconnects)
 			}

@@ -19,7 +19,7 @@ import (
 func Example() {
 	h := hub.New(hub.Options{Logger: slog.New(slog.DiscardHandler)})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h.ServeSubscriber(w, r, r.URL.Path[len("/sub/"):])
+		h.ServeListener(w, r, r.URL.Path[len("/sub/"):])
 	}))
 	defer srv.Close()
 	ctx := context.Background()

@@ -37,7 +37,7 @@ func server(t *testing.T) (*hub.Hub, string, chan string) {
 			http.NotFound(w, r)
 			return
 		}
-		h.ServeSubscriber(w, r, ch)
+		h.ServeListener(w, r, ch)
 	}))
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
