@@ -108,8 +108,8 @@ func TestBroadcastChannel(t *testing.T) {
 
 	pubs.take()
 	n, err := a.mgr.Broadcast(ctx, map[string]string{"news": "hello"})
-	if n != 3 || err != nil {
-		t.Fatalf("Broadcast = %d, %v; want 3 listeners reached, nil", n, err)
+	if n != (sessionpush.BroadcastResult{Channels: 1, Listeners: 3}) || err != nil {
+		t.Fatalf("Broadcast = %+v, %v; want the broadcast channel and its 3 listeners, nil", n, err)
 	}
 	if got := pubs.take(); len(got) != 1 || got[bc] != 1 {
 		t.Fatalf("relay Publish calls of one Broadcast: %v; want one, to %s", got, bc)
@@ -123,8 +123,8 @@ func TestBroadcastChannel(t *testing.T) {
 	}
 	// Exactly once on the broadcast streams, nothing on the own ones: the
 	// next events are the next messages.
-	if n, err := a.mgr.Broadcast(ctx, "second"); n != 3 || err != nil {
-		t.Fatalf("second Broadcast = %d, %v", n, err)
+	if n, err := a.mgr.Broadcast(ctx, "second"); n.Listeners != 3 || err != nil {
+		t.Fatalf("second Broadcast = %+v, %v", n, err)
 	}
 	for i, b := range browsers {
 		b.push(`"own"`)
@@ -219,8 +219,8 @@ func TestBroadcastChannelNeverExpires(t *testing.T) {
 	if _, err := a.relay.Info(ctx, sessionpush.SuggestedBroadcastChannel); err != nil {
 		t.Errorf("broadcast channel after ExpireIdle: %v, want it open", err)
 	}
-	if n, err := a.mgr.Broadcast(ctx, "still here"); n != 0 || err != nil {
-		t.Errorf("Broadcast with nobody listening = %d, %v; want 0, nil", n, err)
+	if n, err := a.mgr.Broadcast(ctx, "still here"); n != (sessionpush.BroadcastResult{Channels: 1}) || err != nil {
+		t.Errorf("Broadcast with nobody listening = %+v, %v; want the channel and no listener, nil", n, err)
 	}
 }
 
@@ -233,8 +233,8 @@ func TestBroadcastChannelOwnHub(t *testing.T) {
 		cfg.BroadcastChannel = sessionpush.SuggestedBroadcastChannel
 	})
 	t.Cleanup(func() { a.mgr.Shutdown(context.Background()) })
-	if n, err := a.mgr.Broadcast(context.Background(), "early"); n != 0 || err != nil {
-		t.Fatalf("Broadcast before any /subscribe = %d, %v; want 0, nil", n, err)
+	if n, err := a.mgr.Broadcast(context.Background(), "early"); n != (sessionpush.BroadcastResult{}) || err != nil {
+		t.Fatalf("Broadcast before any /subscribe = %+v, %v; want nothing reached, nil", n, err)
 	}
 	b := a.browser().login("alice")
 	sub := b.subscribe()

@@ -8,16 +8,21 @@
 // signed-in session and puts the [Channel] in the request context, where
 // [CurrentChannel] finds it. The browser calls the [Manager.SubscribeHandler]
 // endpoint, which opens the channel on the relay and answers its ID, a resume
-// cursor and the URL to listen on. The browser listens there (EventSource or
-// long-poll); application code pushes JSON with [Channel.PushJSON],
+// cursor and the URL to listen on. The browser listens there over WebSocket,
+// EventSource or long-poll (the kit's client.js, served by [ClientHandler],
+// tries them in that order; Nchan's own client and standard EventSource
+// clients work too); application code pushes JSON with [Channel.PushJSON],
 // [Manager.PushJSON], [Manager.PushUser] or [Manager.Broadcast]. Logout calls
 // [Manager.SignOut], which closes the channel and ends its listeners.
 //
 // # Relays
 //
 // By default the Manager runs an embedded relay (package hub) in the
-// application's process, and [Manager.ListenHandler] serves its
-// listeners. Any [relay.Relay] can take its place through Config.Relay.
+// application's process, configured by Config.Hub, and
+// [Manager.ListenHandler] serves its listeners on all three transports.
+// Any [relay.Relay] can take its place through Config.Relay: an
+// nchan.Client publishes to Nginx with Nchan, which then serves the
+// listeners itself and asks [Manager.AuthorizeHandler] whom to let in.
 //
 // # Protection
 //

@@ -90,11 +90,11 @@ func ExampleManager_PushUser() {
 
 	n, err := kit.Manager.PushUser(ctx, "alice", map[string]int{"unread": 3})
 	fmt.Println("alice's sessions:", n, err)
-	n, err = kit.Manager.Broadcast(ctx, "maintenance at noon")
-	fmt.Println("everyone:", n, err)
+	res, err := kit.Manager.Broadcast(ctx, "maintenance at noon")
+	fmt.Println("everyone:", res.Channels, "channels,", res.Listeners, "listening,", err)
 	// Output:
 	// alice's sessions: 2 <nil>
-	// everyone: 3 <nil>
+	// everyone: 3 channels, 0 listening, <nil>
 }
 
 func jsonDecode(resp *http.Response, v any) {

@@ -114,7 +114,7 @@ func newFuzzFixture(tb testing.TB) *fuzzFixture {
 func cookieWith(tb testing.TB, store *sessions.CookieStore, vals map[string]any) string {
 	tb.Helper()
 	r := httptest.NewRequest("GET", "/", nil)
-	s, _ := store.New(r, sessionpush.DefaultSessionName)
+	s, _ := store.New(r, "session")
 	for k, v := range vals {
 		s.Values[k] = v
 	}

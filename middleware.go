@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -28,17 +30,14 @@ const (
 	SessionKeyOwner   = "sessionpush.owner"
 )
 
-// Defaults for the zero values of [Config].
+// Defaults for the zero values of [Config], as its fields document them.
 const (
-	DefaultSessionName    = "session"
-	DefaultUserKey        = "user"
-	DefaultListenURL      = "/sub/{channel}"
-	DefaultMaxMessageSize = 64 << 10
-	DefaultMaxListeners   = 10
-	DefaultBufferLength   = 10
-	DefaultMessageTTL     = time.Hour
-	DefaultIdleTimeout    = 30 * time.Minute
-	DefaultConcurrency    = 16
+	defaultSessionName    = "session"
+	defaultUserKey        = "user"
+	defaultListenURL      = "/sub/{channel}"
+	defaultMaxMessageSize = 64 << 10
+	defaultIdleTimeout    = 30 * time.Minute
+	defaultConcurrency    = 16
 )
 
 // SuggestedBroadcastChannel is a broadcast channel ID for
@@ -69,10 +68,23 @@ type Config struct {
 	// cheap and must not touch the network.
 	User func(r *http.Request, s *sessions.Session) string
 
-	// Relay carries messages to listeners. Nil means an embedded relay
-	// (package hub) built from the limits below and shut down by
-	// [Manager.Shutdown]; its listeners are served by ListenHandler.
+	// Relay carries messages to listeners. Nil means the embedded relay
+	// (package hub), built by New from Hub, MaxMessageSize, OriginPatterns
+	// and Logger; its listeners are served by ListenHandler. Either way
+	// [Manager.Shutdown] shuts the relay down when it has a
+	// Shutdown(context.Context) error method, as a *hub.Hub does.
 	Relay relay.Relay
+
+	// Hub configures the embedded relay that New builds when Relay is
+	// nil: its buffer per channel, listener cap, memory budget, timeouts
+	// and heartbeat, each field's zero value documented in [hub.Options]
+	// (10 messages for an hour, 10 listeners per channel, 64 MiB of
+	// buffered messages in all). Its MaxMessageSize and OriginPatterns
+	// must stay zero: the kit's MaxMessageSize and OriginPatterns below
+	// apply to every relay and to the embedded one. Its Logger defaults to
+	// Logger. New returns an error when Hub is set beside Relay, which is
+	// then configured on its own.
+	Hub hub.Options
 
 	// Store remembers open channels. Nil means [NewMemoryStore], which
 	// suits a single application instance.
@@ -102,25 +114,15 @@ type Config struct {
 	// With Nchan, keep nginx's client_max_body_size at least this large.
 	MaxMessageSize int
 
-	// MaxListeners caps the listeners of one channel on the embedded
-	// relay (push_max_channel_subscribers). Zero means 10; negative means
-	// no cap. Ignored when Relay is set: configure the relay itself.
-	MaxListeners int
-
-	// BufferLength is how many messages the embedded relay keeps per
-	// channel for listeners that reconnect. Zero means 10; negative means
-	// none. Ignored when Relay is set.
-	BufferLength int
-
-	// MessageTTL is how long the embedded relay keeps a message. Zero
-	// means one hour; negative means until it is pushed out of the buffer.
-	// Ignored when Relay is set.
-	MessageTTL time.Duration
-
-	// OriginPatterns lists the other origins (host patterns such as
-	// "example.com" or "*.example.com") from which pages may open
-	// WebSocket listeners on the embedded relay. Nil means the page's own
-	// origin only. Ignored when Relay is set.
+	// OriginPatterns lists the other origins whose pages may use the kit
+	// from the browser: open a channel with a POST to SubscribeHandler,
+	// and listen over WebSocket to the embedded relay. A pattern is
+	// matched without regard to case against the Origin's host, or its
+	// "scheme://host" when the pattern contains "://", as path.Match
+	// does: "app.example.com", "*.example.com",
+	// "https://app.example.com". Nil means the page's own origin only.
+	// With Nchan, nginx decides for its listeners
+	// (nchan_access_control_allow_origin).
 	OriginPatterns []string
 
 	// IdleTimeout is how long an open channel may go without listeners
@@ -147,15 +149,15 @@ type Config struct {
 	//
 	// The trade-off: a Broadcast costs one relay request however many
 	// listen, but each browser holds a second connection; broadcast
-	// messages have their own IDs and buffer (BufferLength messages for
+	// messages have their own IDs and buffer (one channel's buffer for
 	// everybody), are not ordered relative to the session's own channel,
 	// and a listener that reconnects resumes the two streams separately.
 	//
-	// On the embedded relay, MaxListeners does not apply to it: whenever
-	// SubscribeHandler opens it, the Manager lifts its cap with
-	// [hub.Hub.SetMaxListeners](id, -1), on the relay that New builds and
-	// on any Config.Relay with that method (a *hub.Hub of your own, or a
-	// type that embeds one); a relay without it keeps its own cap. With
+	// On the embedded relay, the listener cap does not apply to it:
+	// whenever SubscribeHandler opens it, the Manager lifts its cap
+	// through [relay.MaxListenersSetter] (which a *hub.Hub implements),
+	// on the relay that New builds and on any Config.Relay that implements
+	// it; a relay without it keeps its own cap. With
 	// Nchan, the nginx config needs a subscriber location of its own for
 	// this ID, with no listener cap (nchan_max_channel_subscribers 0): see
 	// the exact-match "location = /sub/<id>" in example/nginx/nginx.conf.
@@ -174,7 +176,7 @@ type Manager struct {
 	userKey      string
 	userFunc     func(*http.Request, *sessions.Session) string
 	relay        relay.Relay
-	ownHub       *hub.Hub // the embedded relay when New built it
+	origins      []string // Config.OriginPatterns
 	store        Store
 	listenURL    string
 	errorHandler func(http.ResponseWriter, *http.Request, error)
@@ -197,17 +199,17 @@ func New(cfg Config) (*Manager, error) {
 	}
 	m := &Manager{
 		sessions:     cfg.Sessions,
-		name:         or(cfg.SessionName, DefaultSessionName),
-		userKey:      or(cfg.UserKey, DefaultUserKey),
+		name:         or(cfg.SessionName, defaultSessionName),
+		userKey:      or(cfg.UserKey, defaultUserKey),
 		userFunc:     cfg.User,
 		relay:        cfg.Relay,
 		store:        cfg.Store,
-		listenURL:    or(cfg.ListenURL, DefaultListenURL),
+		listenURL:    or(cfg.ListenURL, defaultListenURL),
 		errorHandler: cfg.ErrorHandler,
 		log:          cfg.Logger,
-		maxSize:      orInt(cfg.MaxMessageSize, DefaultMaxMessageSize),
+		maxSize:      orInt(cfg.MaxMessageSize, defaultMaxMessageSize),
 		idle:         cfg.IdleTimeout,
-		concurrency:  orInt(cfg.Concurrency, DefaultConcurrency),
+		concurrency:  orInt(cfg.Concurrency, defaultConcurrency),
 		broadcast:    cfg.BroadcastChannel,
 		now:          time.Now,
 	}
@@ -221,7 +223,7 @@ func New(cfg Config) (*Manager, error) {
 		return nil, errors.New("sessionpush: Config.MaxMessageSize and Config.Concurrency must not be negative")
 	}
 	if m.idle == 0 {
-		m.idle = DefaultIdleTimeout
+		m.idle = defaultIdleTimeout
 	}
 	if m.log == nil {
 		m.log = slog.Default()
@@ -232,16 +234,20 @@ func New(cfg Config) (*Manager, error) {
 	if m.store == nil {
 		m.store = NewMemoryStore()
 	}
-	if m.relay == nil {
-		m.ownHub = hub.New(hub.Options{
-			BufferLength:   orInt(cfg.BufferLength, DefaultBufferLength),
-			MessageTTL:     cfg.MessageTTL,
-			MaxListeners:   orInt(cfg.MaxListeners, DefaultMaxListeners),
-			MaxMessageSize: m.maxSize,
-			OriginPatterns: cfg.OriginPatterns,
-			Logger:         m.log,
-		})
-		m.relay = m.ownHub
+	m.origins = slices.Clone(cfg.OriginPatterns)
+	switch {
+	case cfg.Hub.MaxMessageSize != 0 || cfg.Hub.OriginPatterns != nil:
+		return nil, errors.New("sessionpush: Config.Hub.MaxMessageSize and Config.Hub.OriginPatterns must be zero: set Config.MaxMessageSize and Config.OriginPatterns, which apply to every relay")
+	case m.relay != nil && !reflect.ValueOf(cfg.Hub).IsZero():
+		return nil, errors.New("sessionpush: Config.Hub configures the embedded relay, and Config.Relay is set: configure that relay itself")
+	case m.relay == nil:
+		opts := cfg.Hub
+		opts.MaxMessageSize = m.maxSize
+		opts.OriginPatterns = m.origins
+		if opts.Logger == nil {
+			opts.Logger = m.log
+		}
+		m.relay = hub.New(opts)
 	}
 	warnCookieOptions(m.log, cfg.Sessions)
 	return m, nil
@@ -263,17 +269,21 @@ func warnCookieOptions(log *slog.Logger, s sessions.Store) {
 	}
 }
 
-// Shutdown ends every listener of the embedded relay that New built and
-// waits for them, or until ctx is done. It does nothing to a Config.Relay,
-// which belongs to the caller.
+// Shutdown shuts the relay down when it has a Shutdown(context.Context)
+// error method: the embedded relay, whether New built it or Config.Relay
+// is a *hub.Hub, then ends every listener and waits for them, or until ctx
+// is done. A relay without the method, such as an nchan.Client, is left as
+// it is.
 //
-// Listeners are long requests, which http.Server.Shutdown waits for: call
-// Manager.Shutdown first, or register it with http.Server.RegisterOnShutdown.
+// Call it before http.Server.Shutdown, or register it with
+// http.Server.RegisterOnShutdown: the embedded relay takes EventSource
+// connections over from the server (see [hub.Hub.ServeListener]), so the
+// server's own Shutdown neither ends nor waits for them.
 func (m *Manager) Shutdown(ctx context.Context) error {
-	if m.ownHub == nil {
-		return nil
+	if s, ok := m.relay.(interface{ Shutdown(context.Context) error }); ok {
+		return s.Shutdown(ctx)
 	}
-	return m.ownHub.Shutdown(ctx)
+	return nil
 }
 
 // Relay returns the relay in use: Config.Relay, or the embedded relay that

@@ -3,18 +3,25 @@ package sessionpush_test
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
+	"net/http/cookiejar"
 	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/gorilla/securecookie"
 	"github.com/gorilla/sessions"
 
 	"github.com/sessionpush/sessionpush"
+	"github.com/sessionpush/sessionpush/hub"
+	"github.com/sessionpush/sessionpush/relay"
 )
 
 func TestNewRequiresSessions(t *testing.T) {
@@ -385,4 +392,114 @@ func cookieFor(store *sessions.CookieStore, user string) string {
 	w := httptest.NewRecorder()
 	store.Save(r, w, s)
 	return w.Result().Cookies()[0].Value
+}
+
+// TestNewRelayConfig: the embedded relay is configured one way, through
+// Config.Hub; beside Config.Relay, or with the settings that Config holds
+// for every relay, it is an error.
+func TestNewRelayConfig(t *testing.T) {
+	store := sessions.NewCookieStore(securecookie.GenerateRandomKey(32))
+	for name, cfg := range map[string]sessionpush.Config{
+		"Hub beside Relay":   {Relay: hub.New(hub.Options{}), Hub: hub.Options{BufferLength: 5}},
+		"Hub.MaxMessageSize": {Hub: hub.Options{MaxMessageSize: 1 << 10}},
+		"Hub.OriginPatterns": {Hub: hub.Options{OriginPatterns: []string{"example.com"}}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			cfg.Sessions = store
+			if _, err := sessionpush.New(cfg); err == nil || !strings.Contains(err.Error(), "Config.Hub") {
+				t.Errorf("New: %v, want an error naming Config.Hub", err)
+			}
+		})
+	}
+	t.Run("Hub applied", func(t *testing.T) {
+		mgr, err := sessionpush.New(sessionpush.Config{Sessions: store, Hub: hub.Options{BufferLength: 2}, MaxMessageSize: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer mgr.Shutdown(context.Background())
+		ctx := context.Background()
+		const ch = "9b2f6c1e-4a7d-4e3b-8c5f-0d1e2f3a4b5c"
+		if _, err := mgr.Relay().Open(ctx, ch); err != nil {
+			t.Fatal(err)
+		}
+		for range 3 {
+			if _, err := mgr.Relay().Publish(ctx, ch, sessionpush.Message{Body: []byte("x")}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if info, _ := mgr.Relay().Info(ctx, ch); info.Messages != 2 {
+			t.Errorf("%d messages buffered, want Hub.BufferLength's 2", info.Messages)
+		}
+		big := sessionpush.Message{Body: make([]byte, 101)}
+		if _, err := mgr.Relay().Publish(ctx, ch, big); !errors.Is(err, sessionpush.ErrMessageTooLarge) {
+			t.Errorf("a 101-byte message on the embedded relay: %v, want ErrMessageTooLarge (Config.MaxMessageSize)", err)
+		}
+	})
+}
+
+// TestShutdownEndsEmbeddedRelay: whichever way the embedded relay was built
+// (by New from Config.Hub, or by the application and passed as
+// Config.Relay), Manager.Shutdown ends its listeners, and no goroutine is
+// left (the package's TestMain checks with goleak).
+func TestShutdownEndsEmbeddedRelay(t *testing.T) {
+	for name, build := range map[string]func() *hub.Hub{
+		"built by New": func() *hub.Hub { return nil },
+		"Config.Relay": func() *hub.Hub { return hub.New(hub.Options{}) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			store := sessions.NewCookieStore(securecookie.GenerateRandomKey(32))
+			store.Options.HttpOnly, store.Options.SameSite = true, http.SameSiteLaxMode
+			cfg := sessionpush.Config{Sessions: store, Logger: slog.New(slog.DiscardHandler)}
+			if h := build(); h != nil {
+				cfg.Relay = h
+			}
+			mgr, err := sessionpush.New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mux := http.NewServeMux()
+			mux.HandleFunc("POST /login", func(w http.ResponseWriter, r *http.Request) {
+				s, _ := store.Get(r, "session")
+				s.Values["user"] = "alice"
+				s.Save(r, w)
+			})
+			mux.Handle("POST /subscribe", mgr.SubscribeHandler())
+			mux.Handle("GET /sub/{channel}", mgr.ListenHandler())
+			srv := httptest.NewServer(mgr.Middleware(mux))
+			defer srv.Close()
+			jar, _ := cookiejar.New(nil)
+			c := &http.Client{Jar: jar}
+			if resp, err := c.Post(srv.URL+"/login", "", nil); err != nil {
+				t.Fatal(err)
+			} else {
+				resp.Body.Close()
+			}
+			resp, err := c.Post(srv.URL+"/subscribe", "", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var sub sessionpush.Subscription
+			json.NewDecoder(resp.Body).Decode(&sub)
+			resp.Body.Close()
+			req, _ := http.NewRequest("GET", srv.URL+sub.URL, nil)
+			req.Header.Set("Accept", "text/event-stream")
+			stream, err := c.Do(req)
+			if err != nil || stream.StatusCode != 200 {
+				t.Fatalf("EventSource: %v, %v", stream, err)
+			}
+			defer stream.Body.Close()
+
+			if err := mgr.Shutdown(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			// The stream ends: its body reaches EOF after the relay's ":410" comment.
+			rest, err := io.ReadAll(stream.Body)
+			if err != nil || !strings.Contains(string(rest), ":410") {
+				t.Errorf("stream after Shutdown: %q, %v; want it ended with :410", rest, err)
+			}
+			if _, err := mgr.Relay().Open(context.Background(), sub.Channel); !errors.Is(err, relay.ErrClosed) {
+				t.Errorf("Open after Shutdown: %v, want relay.ErrClosed", err)
+			}
+		})
+	}
 }

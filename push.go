@@ -131,54 +131,67 @@ func (m *Manager) PushUser(ctx context.Context, user string, v any) (int, error)
 		m.pushFailed(pushStore)
 		return 0, fmt.Errorf("sessionpush: push to user %q: store: %w", user, err)
 	}
-	return m.fanOut(ctx, msg, func(yield func(Record, error) bool) {
+	res, err := m.fanOut(ctx, msg, func(yield func(Record, error) bool) {
 		for _, rec := range recs {
 			if !yield(rec, nil) {
 				return
 			}
 		}
 	})
+	return res.Channels, err
+}
+
+// BroadcastResult tells what a [Manager.Broadcast] reached.
+type BroadcastResult struct {
+	// Channels counts the channels that took the message: every open
+	// channel that did, or, with Config.BroadcastChannel, 1 for the
+	// broadcast channel (0 when the relay does not have it).
+	Channels int
+	// Listeners counts the listeners connected to those channels when the
+	// message was published, as the relay reported them (Nchan and the
+	// embedded relay do; the push module reports none).
+	Listeners int
 }
 
 // Broadcast encodes v as JSON and pushes it to every open channel, with at
-// most Config.Concurrency relay requests at once. It returns how many
-// channels received it and the failures joined with errors.Join; a channel
-// that closes meanwhile counts as neither.
+// most Config.Concurrency relay requests at once. It returns what the
+// message reached and the failures joined with errors.Join; a channel that
+// closes meanwhile counts as neither.
 //
 // With Config.BroadcastChannel set, it publishes once, to the broadcast
-// channel, and the count means something else: the listeners that the
-// relay reports reaching (Receipt.Listeners), not channels. A broadcast
-// channel that the relay does not have (nobody subscribed since the relay
-// started) gives 0 and no error: nobody can be listening to it.
-func (m *Manager) Broadcast(ctx context.Context, v any) (int, error) {
+// channel. A broadcast channel that the relay does not have (nobody
+// subscribed since the relay started) gives a zero result and no error:
+// nobody can be listening to it.
+func (m *Manager) Broadcast(ctx context.Context, v any) (BroadcastResult, error) {
 	msg, err := m.encode(v)
 	if err != nil {
-		return 0, err
+		return BroadcastResult{}, err
 	}
 	if m.broadcast != "" {
 		rc, err := m.relay.Publish(ctx, m.broadcast, msg)
 		if err == nil {
 			m.counters.pushes.Add(1)
-			return rc.Listeners, nil
+			return BroadcastResult{Channels: 1, Listeners: rc.Listeners}, nil
 		}
 		m.pushFailed(publishFailure(err))
 		m.relayFailed(err)
 		if errors.Is(err, ErrChannelNotFound) {
-			return 0, nil
+			return BroadcastResult{}, nil
 		}
-		return 0, fmt.Errorf("sessionpush: broadcast to %s: %w", m.broadcast, err)
+		return BroadcastResult{}, fmt.Errorf("sessionpush: broadcast to %s: %w", m.broadcast, err)
 	}
 	return m.fanOut(ctx, msg, m.store.All(ctx))
 }
 
 // fanOut publishes msg to every record of seq with bounded concurrency.
-func (m *Manager) fanOut(ctx context.Context, msg Message, seq func(func(Record, error) bool)) (int, error) {
+func (m *Manager) fanOut(ctx context.Context, msg Message, seq func(func(Record, error) bool)) (BroadcastResult, error) {
 	var (
-		sent atomic.Int64
-		mu   sync.Mutex
-		errs []error
-		wg   sync.WaitGroup
-		sem  = make(chan struct{}, m.concurrency)
+		sent      atomic.Int64
+		listeners atomic.Int64
+		mu        sync.Mutex
+		errs      []error
+		wg        sync.WaitGroup
+		sem       = make(chan struct{}, m.concurrency)
 	)
 	addErr := func(err error) {
 		mu.Lock()
@@ -198,10 +211,11 @@ func (m *Manager) fanOut(ctx context.Context, msg Message, seq func(func(Record,
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			_, err := m.publish(ctx, rec.ID, msg)
+			rc, err := m.publish(ctx, rec.ID, msg)
 			switch {
 			case err == nil:
 				sent.Add(1)
+				listeners.Add(int64(rc.Listeners))
 			case errors.Is(err, ErrChannelNotFound): // closed meanwhile
 			default:
 				addErr(err)
@@ -209,7 +223,7 @@ func (m *Manager) fanOut(ctx context.Context, msg Message, seq func(func(Record,
 		})
 	}
 	wg.Wait()
-	return int(sent.Load()), errors.Join(errs...)
+	return BroadcastResult{Channels: int(sent.Load()), Listeners: int(listeners.Load())}, errors.Join(errs...)
 }
 
 // Exists reports whether the channel id is open: known to the store and to

@@ -31,8 +31,8 @@ func TestBroadcastReachesEachSessionOnce(t *testing.T) {
 		subs, streams = append(subs, sub), append(streams, es)
 	}
 	n, err := a.mgr.Broadcast(context.Background(), map[string]string{"news": "hello"})
-	if n != 3 || err != nil {
-		t.Fatalf("Broadcast = %d, %v; want 3, nil", n, err)
+	if n.Channels != 3 || err != nil {
+		t.Fatalf("Broadcast = %+v, %v; want 3 channels, nil", n, err)
 	}
 	for i, sub := range subs {
 		if ev, ok := streams[i].next(); !ok || ev.Data != `{"news":"hello"}` {
@@ -206,7 +206,7 @@ func TestBroadcastJoinsFailuresAndBoundsConcurrency(t *testing.T) {
 	}
 	fr.failing = subs[3].Channel
 	n, err := a.mgr.Broadcast(context.Background(), "hi")
-	if n != 7 || !errors.Is(err, errRelayDown) || !strings.Contains(err.Error(), subs[3].Channel) {
+	if n.Channels != 7 || !errors.Is(err, errRelayDown) || !strings.Contains(err.Error(), subs[3].Channel) {
 		t.Fatalf("Broadcast = %d, %v; want 7 and the failure naming its channel", n, err)
 	}
 	if m := fr.maxSeen.Load(); m > 2 || m < 1 {

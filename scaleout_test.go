@@ -775,8 +775,8 @@ func TestScaleOut(t *testing.T) {
 			c.waitListeners(t, l.channel, 1)
 		}
 		n, err := A.mgr.Broadcast(scaleCtx(t, scaleWait), "broadcast")
-		if err != nil || n != 5 {
-			t.Fatalf("Broadcast from A = %d, %v; want the 5 open channels", n, err)
+		if err != nil || n.Channels != 5 {
+			t.Fatalf("Broadcast from A = %+v, %v; want the 5 open channels", n, err)
 		}
 		all := append([]*scaleListener{l1, l2}, others...)
 		for _, l := range all {
@@ -888,9 +888,9 @@ func TestScaleOutBroadcastChannel(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Broadcast from A: %v", err)
 	}
-	t.Logf("Broadcast from A: Nchan reports %d listeners reached", n)
-	if n != len(members) {
-		t.Errorf("Broadcast from A = %d, want the %d listeners", n, len(members))
+	t.Logf("Broadcast from A: Nchan reports %d listeners reached", n.Listeners)
+	if n != (sessionpush.BroadcastResult{Channels: 1, Listeners: len(members)}) {
+		t.Errorf("Broadcast from A = %+v, want the broadcast channel and its %d listeners", n, len(members))
 	}
 	if got := c.publishes.of(bc)[before:]; !slices.Equal(got, []string{"A"}) {
 		t.Errorf("relay Publish calls of one Broadcast: %q, want one by A", got)
@@ -965,9 +965,9 @@ func TestScaleOutRedisRestart(t *testing.T) {
 		t.Errorf("Nchan publish with Redis down: %v; want 503 and the deadline", err)
 	}
 	n, err := A.mgr.Broadcast(scaleCtx(t, short), "broadcast while down")
-	t.Logf("Broadcast from A with Redis down: %d, %v", n, err)
-	if n != 0 || err == nil || !strings.Contains(err.Error(), "redisstore: list channels") {
-		t.Errorf("Broadcast with Redis down = %d, %v; want 0 and the store's error", n, err)
+	t.Logf("Broadcast from A with Redis down: %+v, %v", n, err)
+	if n.Channels != 0 || err == nil || !strings.Contains(err.Error(), "redisstore: list channels") {
+		t.Errorf("Broadcast with Redis down = %+v, %v; want 0 channels and the store's error", n, err)
 	}
 	s2 := c.browser("s2")
 	s2.login(t, B, "bob") // the cookie alone, no Redis

@@ -518,3 +518,47 @@ func TestAnswersNotCacheable(t *testing.T) {
 		}
 	}
 }
+
+// TestOriginPatterns: Config.OriginPatterns is the kit's one origin policy.
+// An origin it names may POST /subscribe from its pages and open WebSocket
+// listeners on the embedded relay; any other gets 403 on both.
+func TestOriginPatterns(t *testing.T) {
+	a := newApp(t, func(c *sessionpush.Config) {
+		c.Relay = nil // the embedded relay New builds, with the same patterns
+		c.OriginPatterns = []string{"*.example.com", "https://app.example.org"}
+	})
+	t.Cleanup(func() { a.mgr.Shutdown(context.Background()) })
+	b := a.browser().login("alice")
+	sub := b.subscribe()
+	u := mustURL(a.srv.URL)
+	for origin, want := range map[string]int{
+		"https://app.example.com": 200, // host pattern: any scheme
+		"http://app.example.com":  200,
+		"https://app.example.org": 200, // scheme://host pattern
+		"http://app.example.org":  403,
+		"https://example.com":     403, // *.example.com needs a subdomain
+		"https://evil.example":    403,
+	} {
+		t.Run(origin, func(t *testing.T) {
+			if code := b.status("POST", "/subscribe", nil, "Origin", origin, "Sec-Fetch-Site", "cross-site"); code != want {
+				t.Errorf("POST /subscribe from %s: %d, want %d", origin, code, want)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			hdr := http.Header{"Origin": {origin}}
+			for _, c := range b.c.Jar.Cookies(u) {
+				hdr.Add("Cookie", c.Name+"="+c.Value)
+			}
+			conn, resp, err := websocket.Dial(ctx, "ws://"+u.Host+sub.URL, &websocket.DialOptions{HTTPHeader: hdr})
+			switch {
+			case want == 200 && err != nil:
+				t.Errorf("WebSocket from %s: %v, want accepted", origin, err)
+			case want == 403 && (err == nil || resp == nil || resp.StatusCode != http.StatusForbidden):
+				t.Errorf("WebSocket from %s: %v, %v; want 403", origin, resp, err)
+			}
+			if conn != nil {
+				conn.Close(websocket.StatusNormalClosure, "")
+			}
+		})
+	}
+}

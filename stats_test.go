@@ -104,7 +104,7 @@ func TestStatsOverHTTP(t *testing.T) {
 		t.Fatal("pushed a func")
 	}
 	want.PushFailures.Encode = 1
-	big := strings.Repeat("x", sessionpush.DefaultMaxMessageSize+1)
+	big := strings.Repeat("x", 64<<10+1)
 	if err := a.mgr.PushJSON(ctx, cs.Channel, big); !errors.Is(err, sessionpush.ErrMessageTooLarge) {
 		t.Fatal(err)
 	}
@@ -124,7 +124,7 @@ func TestStatsOverHTTP(t *testing.T) {
 	if n, err := a.mgr.PushUser(ctx, "carol", 1); n != 1 || err != nil {
 		t.Fatal(n, err)
 	}
-	if n, err := a.mgr.Broadcast(ctx, 2); n != 2 || err != nil {
+	if n, err := a.mgr.Broadcast(ctx, 2); n.Channels != 2 || err != nil {
 		t.Fatal(n, err)
 	}
 	want.Pushes += 3

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"path"
 	"strings"
 
@@ -95,7 +96,9 @@ type Subscription struct {
 // bound, opened and returned. Concurrent calls of one session open one
 // channel. It works with or without the Middleware in front of it. A POST
 // that a browser sends from another origin gets 403
-// ([http.CrossOriginProtection]).
+// ([http.CrossOriginProtection]), unless the origin matches
+// Config.OriginPatterns; the page then reads the answer only if the
+// application sends CORS headers for it, which the kit does not.
 func (m *Manager) SubscribeHandler() http.Handler {
 	return http.HandlerFunc(m.serveSubscribe)
 }
@@ -106,7 +109,7 @@ func (m *Manager) serveSubscribe(w http.ResponseWriter, r *http.Request) {
 		m.fail(w, r, handlerSubscribe, reasonMethod, http.StatusMethodNotAllowed, fmt.Errorf("sessionpush: method %s on /subscribe", r.Method))
 		return
 	}
-	if err := crossOrigin.Check(r); err != nil {
+	if err := m.checkOrigin(r); err != nil {
 		m.fail(w, r, handlerSubscribe, reasonCrossOrigin, http.StatusForbidden, fmt.Errorf("sessionpush: /subscribe: %w", err))
 		return
 	}
@@ -145,6 +148,43 @@ func (m *Manager) serveSubscribe(w http.ResponseWriter, r *http.Request) {
 // (Sec-Fetch-Site, or Origin against Host); requests without those headers,
 // such as curl's, pass.
 var crossOrigin = http.NewCrossOriginProtection()
+
+// checkOrigin refuses a POST that a browser sends from another origin than
+// the page's own, unless that origin matches Config.OriginPatterns: the one
+// origin policy of the kit, which the embedded relay applies to WebSocket
+// listeners too.
+func (m *Manager) checkOrigin(r *http.Request) error {
+	err := crossOrigin.Check(r)
+	if err != nil && originMatches(r.Header.Get("Origin"), m.origins) {
+		return nil
+	}
+	return err
+}
+
+// originMatches reports whether origin ("scheme://host[:port]") matches one
+// of patterns as the embedded relay matches a WebSocket's Origin: a
+// pattern is matched with path.Match, without regard to case, against the
+// origin's host, or against "scheme://host" when the pattern contains
+// "://". A malformed pattern matches nothing.
+func originMatches(origin string, patterns []string) bool {
+	if origin == "" || len(patterns) == 0 {
+		return false
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	for _, p := range patterns {
+		target := u.Host
+		if strings.Contains(p, "://") {
+			target = u.Scheme + "://" + u.Host
+		}
+		if ok, _ := path.Match(strings.ToLower(p), strings.ToLower(target)); ok {
+			return true
+		}
+	}
+	return false
+}
 
 // acceptsPlain reports whether an Accept header asks for text/plain rather
 // than JSON.
@@ -208,12 +248,6 @@ func (m *Manager) open(w http.ResponseWriter, r *http.Request, ch *Channel) (Sub
 	return m.subscription(ch.ID, cursor), nil
 }
 
-// listenerCapper is a relay whose per-channel listener cap can be changed,
-// as [hub.Hub.SetMaxListeners] does.
-type listenerCapper interface {
-	SetMaxListeners(channel string, n int) error
-}
-
 // openBroadcast opens the broadcast channel on the relay (idempotent) and
 // returns its subscription. On a relay with a per-channel listener cap (the
 // embedded relay), the channel gets no cap.
@@ -223,7 +257,7 @@ func (m *Manager) openBroadcast(ctx context.Context) (*Subscription, error) {
 		m.relayFailed(err)
 		return nil, fmt.Errorf("sessionpush: relay open broadcast %s: %w", m.broadcast, err)
 	}
-	if c, ok := m.relay.(listenerCapper); ok {
+	if c, ok := m.relay.(relay.MaxListenersSetter); ok {
 		if err := c.SetMaxListeners(m.broadcast, -1); err != nil {
 			return nil, fmt.Errorf("sessionpush: broadcast %s: %w", m.broadcast, err)
 		}

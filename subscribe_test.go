@@ -15,6 +15,7 @@ import (
 	"github.com/gorilla/sessions"
 
 	"github.com/sessionpush/sessionpush"
+	"github.com/sessionpush/sessionpush/hub"
 	"github.com/sessionpush/sessionpush/sessionpushtest"
 )
 
@@ -80,7 +81,7 @@ func TestShutdownEndsListenersLeavesNoGoroutine(t *testing.T) {
 	before := runtime.NumGoroutine()
 	key := make([]byte, 32)
 	store := sessions.NewCookieStore(key)
-	mgr, err := sessionpush.New(sessionpush.Config{Sessions: store, Logger: slog.New(slog.DiscardHandler), MaxListeners: -1})
+	mgr, err := sessionpush.New(sessionpush.Config{Sessions: store, Logger: slog.New(slog.DiscardHandler), Hub: hub.Options{MaxListeners: -1}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,7 +16,7 @@ func (s stringer) String() string { return string(s) }
 // every type of user value the kit understands and names that are, or
 // almost are, its canonical form.
 func TestIsUserAgreesWithUser(t *testing.T) {
-	m := &Manager{userKey: DefaultUserKey}
+	m := &Manager{userKey: defaultUserKey}
 	r := httptest.NewRequest("GET", "/", nil)
 	values := []any{
 		nil, "", "alice", "42", stringer("bob"), 0, 42, -7, 1234567, int64(-1234567), uint64(18446744073709551615),
@@ -29,7 +29,7 @@ func TestIsUserAgreesWithUser(t *testing.T) {
 	for _, v := range values {
 		s := sessions.NewSession(nil, "session")
 		if v != nil {
-			s.Values[DefaultUserKey] = v
+			s.Values[defaultUserKey] = v
 		}
 		for _, name := range names {
 			want := name != "" && m.user(r, s) == name

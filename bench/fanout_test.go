@@ -185,8 +185,8 @@ func broadcastRound(t *testing.T, s *side, mgr *sessionpush.Manager, key string,
 	if err != nil {
 		t.Fatalf("%s: Broadcast: %v", s.name, err)
 	}
-	if reached != n {
-		t.Errorf("%s: Broadcast %s reached %d, want %d", s.name, key, reached, n)
+	if reached.Listeners != n {
+		t.Errorf("%s: Broadcast %s reached %+v, want %d listeners", s.name, key, reached, n)
 	}
 	st, err := s.f.Wait(key, n, 2*time.Minute)
 	if err != nil {

@@ -96,7 +96,7 @@ func openAll(t *testing.T, rel relay.Relay, ids []string) []string {
 }
 
 // nchanConf: a publisher for 127.0.0.1, a subscriber location for session
-// channels (cap 10, as sessionpush.DefaultMaxListeners; no
+// channels (cap 10, as the embedded relay's default; no
 // nchan_authorize_request: the benchmark has no application) and the exact
 // location of the broadcast channel without a cap, as in
 // example/nginx/nginx.conf. Connections and descriptors for 2N.

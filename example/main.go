@@ -36,7 +36,7 @@
 //	GET /authorize       for nchan_authorize_request: 204 if the session owns the channel
 //	POST /push           push the JSON body to your own channel
 //	POST /broadcast      for the -admin user only: push the JSON body to every open
-//	                     channel (or the broadcast channel): {"sent":N}
+//	                     channel (or the broadcast channel): {"channels":C,"listeners":L}
 //	GET /                the page
 //	GET /client.js       the browser client
 //
@@ -74,7 +74,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sessionpush/sessionpush"
-	"github.com/sessionpush/sessionpush/hub"
 	"github.com/sessionpush/sessionpush/nchan"
 	"github.com/sessionpush/sessionpush/redisstore"
 )
@@ -87,20 +86,20 @@ var page = template.Must(template.ParseFS(files, "index.html"))
 // The session that holds the signed-in user, as the Manager reads it by
 // default.
 const (
-	sessionName = sessionpush.DefaultSessionName // "session"
-	userKey     = sessionpush.DefaultUserKey     // "user"
+	sessionName = "session" // sessionpush.Config.SessionName's default
+	userKey     = "user"    // sessionpush.Config.UserKey's default
 )
 
 // maxBody caps the JSON bodies of /push and /broadcast: what a chat line or
 // a notification needs, far below the Manager's limit
-// (sessionpush.DefaultMaxMessageSize, 64 KiB), so that a channel's buffer of
+// (sessionpush.Config.MaxMessageSize, 64 KiB by default), so that a channel's buffer of
 // 10 messages holds at most 40 KiB.
 const maxBody = 4 << 10
 
 // The token bucket of each session for /push and /broadcast: sendBurst
 // requests at once, then one every sendEvery.
 const (
-	sendBurst = 10 // a channel's buffer (sessionpush.DefaultBufferLength)
+	sendBurst = 10 // a channel's buffer (hub.Options.BufferLength's default)
 	sendEvery = time.Second
 )
 
@@ -190,15 +189,8 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		cfg.Relay = nc                  // ListenHandler answers 404: nginx serves /sub
 		log.Info("publishing to Nchan", "url", *publishURL)
 	}
-	var ownHub *hub.Hub // the embedded relay, when the example configures it
-	if cfg.Relay == nil && *writeTimeout > 0 {
-		ownHub = hub.New(hub.Options{
-			BufferLength: sessionpush.DefaultBufferLength,
-			MaxListeners: sessionpush.DefaultMaxListeners,
-			WriteTimeout: *writeTimeout,
-			Logger:       log,
-		})
-		cfg.Relay = ownHub
+	if cfg.Relay == nil {
+		cfg.Hub.WriteTimeout = *writeTimeout // the embedded relay's; zero: its default
 	}
 	if *redisAddr != "" {
 		rc := redis.NewClient(&redis.Options{Addr: *redisAddr})
@@ -255,11 +247,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	defer cancel()
 	relayDone := make(chan error, 1)
 	srv.RegisterOnShutdown(func() {
-		err := mgr.Shutdown(sctx)
-		if ownHub != nil {
-			err = errors.Join(err, ownHub.Shutdown(sctx))
-		}
-		relayDone <- err
+		relayDone <- mgr.Shutdown(sctx)
 	})
 	err = errors.Join(err, srv.Shutdown(sctx), <-relayDone)
 	log.Info("stopped", "err", err)
@@ -438,16 +426,16 @@ func (a *app) broadcast(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	n, err := a.mgr.Broadcast(r.Context(), json.RawMessage(body))
+	res, err := a.mgr.Broadcast(r.Context(), json.RawMessage(body))
 	switch {
-	case err != nil && n == 0 && errors.Is(err, sessionpush.ErrRelayFull):
+	case err != nil && res.Channels == 0 && errors.Is(err, sessionpush.ErrRelayFull):
 		a.log.Warn("broadcast: the relay is full", "err", err)
 		relayFull(w)
 	case err != nil:
-		a.log.Error("broadcast", "sent", n, "err", err)
-		writeJSON(w, http.StatusBadGateway, map[string]any{"sent": n, "error": "some channels failed"})
+		a.log.Error("broadcast", "channels", res.Channels, "err", err)
+		writeJSON(w, http.StatusBadGateway, map[string]any{"channels": res.Channels, "listeners": res.Listeners, "error": "some channels failed"})
 	default:
-		writeJSON(w, http.StatusOK, map[string]int{"sent": n})
+		writeJSON(w, http.StatusOK, map[string]int{"channels": res.Channels, "listeners": res.Listeners})
 	}
 }
 

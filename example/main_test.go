@@ -334,8 +334,8 @@ func TestBroadcast(t *testing.T) {
 		t.Errorf("broadcast by carol, not the -admin: %s %s; want 403", resp.Status, body)
 	}
 	resp, body := alice.postJSON("/broadcast", news)
-	if resp.StatusCode != http.StatusOK || strings.TrimSpace(body) != `{"sent":2}` {
-		t.Fatalf("broadcast: %s %s; want 200 {\"sent\":2}", resp.Status, body)
+	if resp.StatusCode != http.StatusOK || strings.TrimSpace(body) != `{"channels":2,"listeners":0}` {
+		t.Fatalf("broadcast: %s %s; want 200 {\"channels\":2,\"listeners\":0}", resp.Status, body)
 	}
 	for b, sub := range subs {
 		if resp, body := b.poll(sub.URL, "Last-Event-ID", sub.Cursor); resp.StatusCode != http.StatusOK || body != news {
@@ -566,8 +566,8 @@ func TestRunBroadcastChannel(t *testing.T) {
 		t.Fatalf("listening to the broadcast channel: %v %v", stream, err)
 	}
 	defer stream.Body.Close()
-	if resp, body := b.postJSON("/broadcast", `{"hello":"all"}`); resp.StatusCode != http.StatusOK || body != `{"sent":1}`+"\n" {
-		t.Errorf("POST /broadcast: %s %q, want {\"sent\":1}", resp.Status, body)
+	if resp, body := b.postJSON("/broadcast", `{"hello":"all"}`); resp.StatusCode != http.StatusOK || body != `{"channels":1,"listeners":1}`+"\n" {
+		t.Errorf("POST /broadcast: %s %q, want {\"channels\":1,\"listeners\":1}", resp.Status, body)
 	}
 	r := bufio.NewReader(stream.Body)
 	for {

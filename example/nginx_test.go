@@ -178,8 +178,8 @@ func TestNginxRunBroadcastChannel(t *testing.T) {
 		streams = append(streams, b.listen(sub.Broadcast.URL+"?last_event_id="+url.QueryEscape(sub.Broadcast.Cursor)))
 	}
 	site.waitForSubscribers(t, id, 11)
-	if resp, body := b.postJSON("/broadcast", `"all"`); resp.StatusCode != http.StatusOK || body != `{"sent":11}`+"\n" {
-		t.Fatalf("POST /broadcast: %s %q, want {\"sent\":11}", resp.Status, body)
+	if resp, body := b.postJSON("/broadcast", `"all"`); resp.StatusCode != http.StatusOK || body != `{"channels":1,"listeners":11}`+"\n" {
+		t.Fatalf("POST /broadcast: %s %q, want {\"channels\":1,\"listeners\":11}", resp.Status, body)
 	}
 	for i, es := range streams {
 		if _, data := es.next(); data != `"all"` {
@@ -342,8 +342,8 @@ func TestNginxFlow(t *testing.T) {
 
 	bobSub := bob.subscribe()
 	news := `{"news":"hello, all"}`
-	if resp, body := alice.postJSON("/broadcast", news); resp.StatusCode != http.StatusOK || strings.TrimSpace(body) != `{"sent":2}` {
-		t.Fatalf("broadcast: %s %s; want 200 {\"sent\":2}", resp.Status, body)
+	if resp, body := alice.postJSON("/broadcast", news); resp.StatusCode != http.StatusOK || strings.TrimSpace(body) != `{"channels":2,"listeners":1}` {
+		t.Fatalf("broadcast: %s %s; want 200 {\"channels\":2,\"listeners\":1}", resp.Status, body)
 	}
 	if _, data := es.next(); data != news {
 		t.Errorf("alice's EventSource after the broadcast: %q; want %s", data, news)

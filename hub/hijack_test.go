@@ -289,12 +289,11 @@ func parkedCount(h *Hub, channel string) int {
 // batches) and caught up all at once: each stream gets every message once,
 // in order.
 func TestStreamsConcurrentPublish(t *testing.T) {
-	defer func(n int) { dispatchChunk = n }(dispatchChunk)
-	dispatchChunk = 8                        // 20 streams: three dispatching goroutines
 	for _, listeners := range []int{2, 20} { // Publish writes itself; dispatchers do
 		t.Run(fmt.Sprint(listeners), func(t *testing.T) {
 			const publishers, each = 4, 50
 			h, srv := newTestHub(t, Options{BufferLength: publishers * each, MaxListeners: -1})
+			h.dispatchChunk = 8 // 20 streams: three dispatching goroutines
 			mustOpen(t, h, ch)
 			streams := make([]*stream, listeners)
 			for i := range streams {

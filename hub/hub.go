@@ -20,8 +20,9 @@ import (
 )
 
 var (
-	_ relay.Relay          = (*Hub)(nil)
-	_ relay.ListenerServer = (*Hub)(nil)
+	_ relay.Relay              = (*Hub)(nil)
+	_ relay.ListenerServer     = (*Hub)(nil)
+	_ relay.MaxListenersSetter = (*Hub)(nil)
 )
 
 // Options configures a [Hub]. The zero value gives Nchan's defaults.
@@ -115,7 +116,9 @@ type Hub struct {
 	budget budget // every buffered message, for Options.MaxBufferedBytes
 	stats  counters
 
-	noHijack bool // tests: serve EventSource on the ResponseWriter, as before hijacking
+	// Set by tests only.
+	noHijack      bool // serve EventSource on the ResponseWriter, as before hijacking
+	dispatchChunk int  // the most streams one dispatching goroutine writes to
 }
 
 // New returns a Hub configured by opts, with defaults for its zero fields.
@@ -147,7 +150,7 @@ func New(opts Options) *Hub {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Hub{opts: opts, log: log, channels: make(map[string]*chanState), budget: budget{max: opts.MaxBufferedBytes}}
+	return &Hub{opts: opts, log: log, channels: make(map[string]*chanState), budget: budget{max: opts.MaxBufferedBytes}, dispatchChunk: dispatchChunk}
 }
 
 // Open creates channel, or keeps it if it is open, and returns a cursor: the
@@ -240,7 +243,7 @@ func (h *Hub) Publish(ctx context.Context, channel string, m relay.Message) (rel
 	h.stats.published.Add(1)
 	switch {
 	case len(parked) > inlineDispatch:
-		go dispatch(parked, msg)
+		go dispatch(parked, msg, h.dispatchChunk)
 	case len(parked) > 0:
 		deliverAll(parked, msg) // cheaper than a goroutine; never waits
 	}

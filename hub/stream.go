@@ -91,15 +91,14 @@ func (s *hstream) unpark() bool {
 // message itself; more get a dispatching goroutine.
 const inlineDispatch = 4
 
-// dispatchChunk is the most streams one dispatching goroutine writes to; a
-// variable for tests.
-var dispatchChunk = 1024
+// dispatchChunk is the most streams one dispatching goroutine writes to
+// (Hub.dispatchChunk, which tests lower).
+const dispatchChunk = 1024
 
 // dispatch writes m to the streams that were parked when it was published,
 // each of which follows its position at once (see hstream.deliver). Large
 // sets are shared among several goroutines.
-func dispatch(parked []*hstream, m *message) {
-	chunk := dispatchChunk
+func dispatch(parked []*hstream, m *message, chunk int) {
 	for len(parked) > chunk {
 		go deliverAll(parked[:chunk:chunk], m)
 		parked = parked[chunk:]

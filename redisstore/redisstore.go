@@ -13,10 +13,10 @@ import (
 	"github.com/sessionpush/sessionpush"
 )
 
-// Defaults for the zero values of [Options].
+// Defaults for the zero values of [Options], as its fields document them.
 const (
-	DefaultPrefix   = "sessionpush:"
-	DefaultPageSize = 1000
+	defaultPrefix   = "sessionpush:"
+	defaultPageSize = 1000
 )
 
 // maxAttempts bounds the optimistic retries of Add and Remove, which only
@@ -62,12 +62,12 @@ var (
 func New(client redis.UniversalClient, opts Options) *Store {
 	prefix := opts.Prefix
 	if prefix == "" {
-		prefix = DefaultPrefix
+		prefix = defaultPrefix
 	}
 	base := hashTagged(prefix)
 	pageSize := opts.PageSize
 	if pageSize <= 0 {
-		pageSize = DefaultPageSize
+		pageSize = defaultPageSize
 	}
 	return &Store{client: client, base: base, index: base + "channels", pageSize: pageSize}
 }

@@ -296,8 +296,8 @@ func TestIndexesStayExact(t *testing.T) {
 func signIn(t *testing.T, mgr *sessionpush.Manager, cookies *sessions.CookieStore, user string) string {
 	t.Helper()
 	blank := httptest.NewRequest(http.MethodGet, "/", nil)
-	s, _ := cookies.New(blank, sessionpush.DefaultSessionName)
-	s.Values[sessionpush.DefaultUserKey] = user
+	s, _ := cookies.New(blank, "session")
+	s.Values["user"] = user
 	saved := httptest.NewRecorder()
 	if err := s.Save(blank, saved); err != nil {
 		t.Fatal(err)

@@ -48,6 +48,17 @@ type Relay interface {
 	Close(ctx context.Context, channel string) error
 }
 
+// MaxListenersSetter is implemented by relays whose cap of listeners per
+// channel can be changed for one open channel, as the embedded relay's
+// (hub.Hub) can. The kit lifts the cap of its broadcast channel through it.
+type MaxListenersSetter interface {
+	// SetMaxListeners sets the cap of the open channel's listeners: n at
+	// most, none when n is negative, the relay's default when n is zero.
+	// It returns an error wrapping [ErrChannelNotFound] if the channel is
+	// not open.
+	SetMaxListeners(channel string, n int) error
+}
+
 // ListenerServer is implemented by relays that serve listeners in the
 // application's own process, such as the embedded relay. The kit finds it by
 // type assertion on a [Relay].

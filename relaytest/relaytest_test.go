@@ -21,6 +21,7 @@ import (
 	"github.com/gorilla/sessions"
 
 	"github.com/sessionpush/sessionpush"
+	"github.com/sessionpush/sessionpush/hub"
 	"github.com/sessionpush/sessionpush/internal/servers"
 	"github.com/sessionpush/sessionpush/nchan"
 	"github.com/sessionpush/sessionpush/relay"
@@ -116,7 +117,7 @@ func TestEmbedded(t *testing.T) { runEmbedded(t, nil) }
 // by wrap when not nil.
 func runEmbedded(t *testing.T, wrap func(http.Handler) http.Handler) {
 	store := newStore()
-	mgr, err := sessionpush.New(sessionpush.Config{Sessions: store, MaxListeners: maxListeners, Logger: slog.New(slog.DiscardHandler)})
+	mgr, err := sessionpush.New(sessionpush.Config{Sessions: store, Hub: hub.Options{MaxListeners: maxListeners}, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -164,10 +164,10 @@ func NewKit(cfg sessionpush.Config) (*Kit, error) {
 	k.Sessions.Options.HttpOnly = true
 	k.Sessions.Options.SameSite = http.SameSiteLaxMode
 	if k.name == "" {
-		k.name = sessionpush.DefaultSessionName
+		k.name = "session" // Config.SessionName's default
 	}
 	if k.userKey == "" {
-		k.userKey = sessionpush.DefaultUserKey
+		k.userKey = "user" // Config.UserKey's default
 	}
 	cfg.Sessions, cfg.Relay = k.Sessions, k.Relay
 	m, err := sessionpush.New(cfg)
