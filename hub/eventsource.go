@@ -1,9 +1,7 @@
 package hub
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"net/http"
 	"time"
 
@@ -114,26 +112,24 @@ func (l *listener) send(b []byte) error {
 // false, nil when the ResponseWriter cannot hijack: the caller then serves
 // the stream on it.
 func (l *listener) hijack() (bool, error) {
-	conn, brw, err := l.rc.Hijack() // the root middleware's writer may add Set-Cookie first
-	if err != nil {
-		if errors.Is(err, http.ErrNotSupported) {
-			return false, nil
-		}
-		return false, err
+	if !canHijack(l.w) {
+		return false, nil
 	}
+	// The status goes through the ResponseWriter, so that the wrappers
+	// around it (the root middleware's, which may add Set-Cookie; an
+	// access log's) see it. With "Transfer-Encoding: identity", net/http
+	// writes the header without chunked encoding and closes the connection
+	// after the answer, as it does for EventSource; Hijack flushes it.
 	hdr := l.w.Header()
 	hdr.Set("Content-Type", eventStreamType)
 	hdr.Set("Connection", "close") // the stream ends with the connection
 	hdr.Del("Content-Length")
-	hdr.Del("Transfer-Encoding")
-	if _, ok := hdr["Date"]; !ok {
-		hdr.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+	hdr.Set("Transfer-Encoding", "identity")
+	l.w.WriteHeader(http.StatusOK)
+	conn, brw, err := l.rc.Hijack()
+	if err != nil {
+		return false, err // the answer has begun: nothing else can be sent
 	}
-	var head bytes.Buffer
-	head.Grow(512)
-	head.WriteString("HTTP/1.1 200 OK\r\n")
-	hdr.Write(&head)
-	head.WriteString("\r\n")
 	// Bytes the client sent after its request, if any, are of no use: a
 	// listener is not expected to send anything.
 	_ = brw
@@ -141,6 +137,21 @@ func (l *listener) hijack() (bool, error) {
 	l.wrote = true
 	// The stream owns the listener's place in its channel and in
 	// Hub.serving from now on.
-	startStream(l, conn, head.Bytes())
+	startStream(l, conn, nil)
 	return true, nil
+}
+
+// canHijack reports whether w, or a ResponseWriter it wraps (Unwrap), can
+// hijack its connection, as http.ResponseController would find out.
+func canHijack(w http.ResponseWriter) bool {
+	for {
+		switch t := w.(type) {
+		case http.Hijacker:
+			return true
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = t.Unwrap()
+		default:
+			return false
+		}
+	}
 }

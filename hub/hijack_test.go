@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -350,5 +351,53 @@ func TestStreamParkedGap(t *testing.T) {
 	r3 := mustPublish(t, h, ch, text("d"))
 	if ev := s.next(t); ev.id != r3.ID || ev.name != "" {
 		t.Errorf("got %+v, want %s without a gap", ev, r3.ID)
+	}
+}
+
+// statusRecorder is an access log's ResponseWriter wrapper, as router
+// middleware (chi's Logger, for one) wraps the listening endpoint: it
+// records the status written, and unwraps for http.ResponseController.
+type statusRecorder struct {
+	http.ResponseWriter
+	status atomic.Int32
+}
+
+func (w *statusRecorder) WriteHeader(code int) {
+	w.status.Store(int32(code))
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// TestHijackedStreamStatusLogged: an access log around the endpoint records
+// 200 for an EventSource stream, although the hub takes the connection
+// over, and the stream still works: its header is net/http's, without
+// chunked encoding, and its events follow.
+func TestHijackedStreamStatusLogged(t *testing.T) {
+	h := New(Options{Heartbeat: -1})
+	t.Cleanup(func() { h.Shutdown(context.Background()) })
+	logged := make(chan *statusRecorder, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := &statusRecorder{ResponseWriter: w}
+		h.ServeListener(rec, r, ch)
+		logged <- rec
+	}))
+	t.Cleanup(srv.Close)
+	mustOpen(t, h, ch)
+	s := openStream(t, srv.URL, nil)
+	rec := <-logged // ServeListener returned: the stream goes on without it
+	if got := rec.status.Load(); got != http.StatusOK {
+		t.Errorf("the access log recorded status %d, want 200", got)
+	}
+	if te := s.resp.TransferEncoding; len(te) != 0 || s.resp.Header.Get("Content-Type") != eventStreamType || !s.resp.Close {
+		t.Errorf("stream header: Transfer-Encoding %q, Content-Type %q, Close %v; want none, "+eventStreamType+", true",
+			te, s.resp.Header.Get("Content-Type"), s.resp.Close)
+	}
+	id := mustPublish(t, h, ch, text("after")).ID
+	if ev := s.next(t); ev.id != id || ev.data != "after" {
+		t.Errorf("got %+v, want %s", ev, id)
+	}
+	if h.Stats().Listeners.EventSource != 1 {
+		t.Errorf("listeners %+v, want the hijacked stream", h.Stats().Listeners)
 	}
 }
