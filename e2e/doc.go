@@ -10,8 +10,15 @@
 //	go test ./e2e/                                     # every test, every relay and transport
 //	go test ./e2e/ -run 'TestTwoUsers/nchan/websocket' # one row
 //
-// The tests need Debian's chromium at /usr/bin/chromium and, for the Nchan
-// rows, nginx with libnginx-mod-nchan. Without them they skip, unless
+// TestNchanSubscriber and TestEventSourceClients run clients the project
+// did not write against both relays (../docs/clients.md): NchanSubscriber
+// from the npm package nchan in Chromium, the npm package eventsource under
+// Node.js, and github.com/tmaxmax/go-sse. The npm packages are pinned in
+// clients/package-lock.json; install them with `npm ci` in clients/.
+//
+// The tests need Debian's chromium at /usr/bin/chromium, node and the npm
+// packages for the third-party clients, and, for the Nchan rows, nginx
+// with libnginx-mod-nchan. Without them they skip, unless
 // SESSIONPUSH_REQUIRE_SERVERS=1 (as in .ci/run): then they fail. With
 // -short they skip. Each test leaves a screenshot of the page in
 // screenshots/ (ignored by git).

@@ -7,6 +7,7 @@ replace github.com/sessionpush/sessionpush => ../
 require (
 	github.com/chromedp/chromedp v0.23.0
 	github.com/sessionpush/sessionpush v0.0.0-00010101000000-000000000000
+	github.com/tmaxmax/go-sse v0.12.0
 )
 
 require (

@@ -23,7 +23,8 @@ const chromium = "/usr/bin/chromium"
 var raceEnabled bool
 
 var (
-	// exampleBin is the example program, built once by TestMain.
+	// exampleBin is the example program, built once by TestMain (empty
+	// with -short).
 	exampleBin string
 	// browser is the shared Chromium; each test opens its own browser
 	// contexts (cookie jars) in it. Nil when browserErr says why not.
@@ -40,11 +41,8 @@ func run(m *testing.M) int {
 	if testing.Short() {
 		return m.Run() // every test skips
 	}
-	if _, err := os.Stat(chromium); err != nil {
-		browserErr = fmt.Errorf("%s is missing: install Debian's chromium (apt-get install chromium)", chromium)
-		return m.Run()
-	}
-	os.RemoveAll("screenshots") // this run's only, none of an earlier failure
+	// The example first: the tests of clients outside the browser
+	// (eventsource_test.go) need it without Chromium.
 	dir, err := os.MkdirTemp("", "sessionpush-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
@@ -56,6 +54,11 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
 	}
+	if _, err := os.Stat(chromium); err != nil {
+		browserErr = fmt.Errorf("%s is missing: install Debian's chromium (apt-get install chromium)", chromium)
+		return m.Run()
+	}
+	os.RemoveAll("screenshots") // this run's only, none of an earlier failure
 
 	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
 		append(chromedp.DefaultExecAllocatorOptions[:], // headless, no background networking or throttling, ...

@@ -259,10 +259,11 @@ type network struct {
 	ln     net.Listener
 	target string
 
-	mu    sync.Mutex
-	down  bool
-	conns map[net.Conn]bool
-	wg    sync.WaitGroup
+	mu      sync.Mutex
+	down    bool
+	refused int // connections refused while down
+	conns   map[net.Conn]bool
+	wg      sync.WaitGroup
 }
 
 // newNetwork listens on a free port; connect names the site behind it.
@@ -304,6 +305,9 @@ func (n *network) serve() {
 
 func (n *network) relay(c net.Conn) {
 	if !n.track(c) {
+		n.mu.Lock()
+		n.refused++
+		n.mu.Unlock()
 		c.Close()
 		return
 	}
@@ -352,6 +356,14 @@ func (n *network) cut() {
 	for c := range n.conns {
 		c.Close()
 	}
+}
+
+// refusals returns how many connections the network refused while down:
+// a client's attempts to reconnect during a cut.
+func (n *network) refusals() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.refused
 }
 
 // restore lets connections through again.
