@@ -60,7 +60,7 @@ func TestTwoUsers(t *testing.T) {
 		// Each channel delivers in order, so had a push reached the other
 		// person, it would be listed before the broadcast.
 		alice.broadcast("for everyone")
-		alice.waitText("note", "Broadcast sent to 2 channel(s).")
+		alice.waitPrefix("note", "Broadcast to 2 channel(s), ") // listeners: as many as were connected at that instant
 		alice.expectMessages("push from alice: for alice", "broadcast from alice: for everyone")
 		bob.expectMessages("push from bob: for bob", "broadcast from alice: for everyone")
 
@@ -214,7 +214,7 @@ func TestBroadcastChannel(t *testing.T) {
 		bob.expectMessages("push from bob: for bob")
 
 		alice.broadcast("for everyone")
-		alice.waitText("note", "Broadcast sent to 2 listener(s).") // one publish, two listeners
+		alice.waitPrefix("note", "Broadcast to 1 channel(s), ") // one publish, to the broadcast channel
 		alice.expectMessages("push from alice: for alice", "broadcast from alice: for everyone")
 		bob.expectMessages("push from bob: for bob", "broadcast from alice: for everyone")
 
