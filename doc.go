@@ -50,6 +50,8 @@
 //	                                Info   for cause expired or lost
 //	"sessionpush: request refused"  Info   handler (subscribe, listen, authorize), reason, status,
 //	                                       method, path, remote_addr, err (absent for relay_refused);
+//	                                       for reason not_signed_in also session (Config.SessionName)
+//	                                       and session_cookie (whether a cookie of that name came);
 //	                                Warn   for reason cross_origin or invalid_id, which the kit's client never causes;
 //	                                Error  for reason error (a store or relay failure)
 //

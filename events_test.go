@@ -292,6 +292,28 @@ func TestEventsRefusals(t *testing.T) {
 		})
 	}
 
+	// A 401 names the session it looked for and tells whether its cookie
+	// came: no cookie at all, or a session cookie without a user (signed
+	// out, or the application keeps its user under another key).
+	t.Run("not signed in names the session", func(t *testing.T) {
+		carol := a.browser().login("carol")
+		if code := carol.status("POST", "/logout", nil); code != 200 {
+			t.Fatalf("logout: %d", code)
+		}
+		log.take()
+		for _, tc := range []struct {
+			b      *browser
+			cookie string
+		}{{stranger, "false"}, {carol, "true"}} {
+			if code := tc.b.status("POST", "/subscribe", nil); code != 401 {
+				t.Fatalf("status %d, want 401", code)
+			}
+			oneEvent(t, log.take(), evRefused, slog.LevelInfo, map[string]string{
+				"reason": "not_signed_in", "session": "session", "session_cookie": tc.cookie,
+			})
+		}
+	})
+
 	// A long path is clipped in the log.
 	t.Run("long path", func(t *testing.T) {
 		long := "/sub/" + strings.Repeat("x", 5000)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/gorilla/securecookie"
 	"github.com/gorilla/sessions"
 
 	"github.com/sessionpush/sessionpush/hub"
@@ -167,6 +168,12 @@ type Config struct {
 // ErrNoSessionStore is returned by [New] when Config.Sessions is nil.
 var ErrNoSessionStore = errors.New("sessionpush: Config.Sessions is nil")
 
+// ErrSessionCodec is wrapped by the error of [New] when Config.Sessions is a
+// gorilla CookieStore or FilesystemStore that cannot sign a cookie, most
+// often because its hash key is empty (sessions.NewCookieStore(nil)): the
+// application would start, and every sign-in would fail.
+var ErrSessionCodec = errors.New("sessionpush: Config.Sessions cannot sign cookies")
+
 // Manager binds push channels to sessions, opens and closes them on the
 // relay, and pushes to them. Create it with [New]; it is safe for concurrent
 // use.
@@ -249,8 +256,29 @@ func New(cfg Config) (*Manager, error) {
 		}
 		m.relay = hub.New(opts)
 	}
+	if err := checkCodecs(cfg.Sessions); err != nil {
+		return nil, err
+	}
 	warnCookieOptions(m.log, cfg.Sessions)
 	return m, nil
+}
+
+// checkCodecs signs a probe value with the codecs of gorilla's own stores,
+// so that a store without a hash key fails at New, not at the first sign-in.
+func checkCodecs(s sessions.Store) error {
+	var codecs []securecookie.Codec
+	switch s := s.(type) {
+	case *sessions.CookieStore:
+		codecs = s.Codecs
+	case *sessions.FilesystemStore:
+		codecs = s.Codecs
+	default:
+		return nil
+	}
+	if _, err := securecookie.EncodeMulti("sessionpush-probe", "x", codecs...); err != nil {
+		return fmt.Errorf("%w: %w", ErrSessionCodec, err)
+	}
+	return nil
 }
 
 // warnCookieOptions logs when the application's cookie store would send a

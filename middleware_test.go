@@ -503,3 +503,28 @@ func TestShutdownEndsEmbeddedRelay(t *testing.T) {
 		})
 	}
 }
+
+// TestNewRefusesUnsignedSessions: a cookie store without a hash key fails
+// at New, naming the cause, rather than at the first sign-in.
+func TestNewRefusesUnsignedSessions(t *testing.T) {
+	for name, tc := range map[string]struct {
+		store sessions.Store
+		cause string
+	}{
+		"CookieStore without a key":     {sessions.NewCookieStore(nil), "hash key is not set"},
+		"CookieStore with an empty key": {sessions.NewCookieStore([]byte{}), "hash key is not set"},
+		"FilesystemStore without keys":  {sessions.NewFilesystemStore(t.TempDir()), "no codecs"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := sessionpush.New(sessionpush.Config{Sessions: tc.store})
+			if !errors.Is(err, sessionpush.ErrSessionCodec) || !strings.Contains(err.Error(), tc.cause) {
+				t.Errorf("New: %v, want ErrSessionCodec naming %q", err, tc.cause)
+			}
+		})
+	}
+	mgr, err := sessionpush.New(sessionpush.Config{Sessions: sessions.NewCookieStore(securecookie.GenerateRandomKey(32))})
+	if err != nil {
+		t.Fatalf("New with a keyed CookieStore: %v", err)
+	}
+	mgr.Shutdown(context.Background())
+}

@@ -394,6 +394,12 @@ func (m *Manager) refused(r *http.Request, h handler, why reason, status int, er
 		slog.String("path", clipPath(r.URL.Path)),
 		slog.String("remote_addr", r.RemoteAddr),
 	}
+	if why == reasonNotSignedIn {
+		// The common cause: the application keeps its user in a session
+		// of another name than Config.SessionName, or under another key.
+		_, cookieErr := r.Cookie(m.name)
+		attrs = append(attrs, slog.String("session", m.name), slog.Bool("session_cookie", cookieErr == nil))
+	}
 	if err != nil {
 		attrs = append(attrs, slog.Any("err", err))
 	}
