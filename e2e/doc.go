@@ -4,11 +4,11 @@
 // of the browser client (../client.js): websocket, eventsource, longpoll.
 //
 // It is a module of its own, so that chromedp stays out of the library's
-// dependencies; the repository's go.work makes `go test ./...` at the root
-// run it too. From the root:
+// dependencies; `go test ./...` at the root does not reach into it, so the
+// README's test command runs it on its own. From this directory:
 //
-//	go test ./e2e/                                     # every test, every relay and transport
-//	go test ./e2e/ -run 'TestTwoUsers/nchan/websocket' # one row
+//	go test ./...                                    # every test, every relay and transport
+//	go test ./... -run 'TestTwoUsers/nchan/websocket' # one row
 //
 // TestNchanSubscriber and TestEventSourceClients run clients the project
 // did not write against both relays (../docs/clients.md): NchanSubscriber
