@@ -406,50 +406,6 @@ func (m *Manager) signedIn(r *http.Request) bool {
 	return s != nil && m.user(r, s) != ""
 }
 
-// SignOut signs the session's channel out (logout): it closes the channel on
-// the relay, which ends its listeners, removes it from the store, unbinds it
-// from the session and saves the session. Make any other change to the
-// session (such as removing the user) before calling SignOut, so that one
-// save carries both. A session without a channel is not an error.
-func (m *Manager) SignOut(w http.ResponseWriter, r *http.Request) error {
-	s, err := m.sessions.Get(r, m.name)
-	if s == nil {
-		return fmt.Errorf("sessionpush: session: %w", err)
-	}
-	return errors.Join(m.unbind(r.Context(), s, causeLogout), m.save(w, r, s))
-}
-
-// CloseChannel closes the channel id: it removes it from the store and
-// deletes it on the relay, which ends its listeners. It returns an error
-// wrapping ErrChannelNotFound when neither knew the channel, and for the
-// broadcast channel, which it leaves open.
-func (m *Manager) CloseChannel(ctx context.Context, id string) error {
-	return m.closeChannel(ctx, id, causeClosed)
-}
-
-// closeChannel is CloseChannel, counting and logging a close with cause.
-func (m *Manager) closeChannel(ctx context.Context, id string, cause closeCause) error {
-	if !validChannelID(id) {
-		return fmt.Errorf("%w: %q", ErrInvalidChannel, clip(id))
-	}
-	if m.broadcast != "" && id == m.broadcast {
-		return fmt.Errorf("sessionpush: close %s: the broadcast channel is no session channel: %w", id, ErrChannelNotFound)
-	}
-	removed, err := m.store.Remove(ctx, id)
-	if err != nil {
-		return fmt.Errorf("sessionpush: store remove %s: %w", id, err)
-	}
-	if removed {
-		m.closedChannel(ctx, id, cause)
-	}
-	err = m.relay.Close(ctx, id)
-	m.relayFailed(err)
-	if err == nil || removed && errors.Is(err, ErrChannelNotFound) {
-		return nil
-	}
-	return fmt.Errorf("sessionpush: close %s: %w", id, err)
-}
-
 func clip(s string) string {
 	if len(s) > 64 {
 		return s[:64] + "…"
