@@ -50,7 +50,7 @@ const clusterHeader = `# GENERATED from ../nginx.conf by TestClusterConfigsInSyn
 #   go test ./example -run TestClusterConfigsInSync -update
 #
 # The sessionpush example scaled out: two app instances and two nginx + Nchan nodes,
-# sharing one Redis (README.md, "Scaling out").  This file is node %d:
+# sharing one Redis (docs/scaling.md).  This file is node %d:
 # http://%s/ in front of the app on %s, the publisher on %s.
 #   node 1: nginx 127.0.0.1:8081 -> app 127.0.0.1:8080, publisher 127.0.0.1:8091   (cluster/node1.conf)
 #   node 2: nginx 127.0.0.1:8083 -> app 127.0.0.1:8082, publisher 127.0.0.1:8093   (cluster/node2.conf)

@@ -26,8 +26,8 @@
 //     message, with flat memory; the p99 delivery latency is logged.
 //
 // The default runs are short, for CI under `go test -race`. With
-// SESSIONPUSH_LONG=1 they take the sizes given in the README's
-// "Reliability" section (5,000 messages and 50 reconnects per listener,
+// SESSIONPUSH_LONG=1 they take the sizes given in docs/reliability.md
+// (5,000 messages and 50 reconnects per listener,
 // 10,000 listeners for 60 seconds). Figures are logged with t.Logf in lines
 // that start with "RESULT" and hold key=value pairs.
 package reliability
