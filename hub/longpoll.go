@@ -50,12 +50,15 @@ func (l *listener) longPoll(ctx context.Context) error {
 	if _, err = l.w.Write(m.body); err != nil {
 		return err
 	}
+	// Counted before the flush, so that no client sees a message that the
+	// stats do not count yet; a flush that fails then ends the listener as
+	// a failed write.
+	l.delivered(gap)
 	// Written within the deadline: over HTTP/2 the stream ends when the
 	// handler returns, not before the last byte is on its way.
 	if err = l.rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
 		return err
 	}
 	l.undeadline()
-	l.delivered(gap)
 	return nil
 }
