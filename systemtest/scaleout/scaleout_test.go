@@ -1,4 +1,4 @@
-package sessionpush_test
+package scaleout_test
 
 // Scale out: two application instances, each behind its own nginx+Nchan
 // node, with one redis-server behind both Nchan nodes (nchan_redis_pass) and

@@ -7,7 +7,7 @@
 // The full suite, two to three minutes on a 2-core machine (bounded to well
 // under ten), printing one markdown table:
 //
-//	SESSIONPUSH_BENCH=full go test ./bench -run TestSuite -v -timeout 15m
+//	SESSIONPUSH_BENCH=full go test ./systemtest/bench -run TestSuite -v -timeout 15m
 //
 // Without SESSIONPUSH_BENCH the same test is a smoke test of a few seconds
 // (N = 100 listeners, one run, 100 ms of load per generator) that asserts
