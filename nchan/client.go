@@ -180,7 +180,58 @@ func parseTemplate(tmpl string) (prefix, suffix string, inQuery bool, err error)
 	if !strings.ContainsAny(rest, "/?") {
 		return "", "", false, bad(placeholder + " must be in the path or the query")
 	}
+	// The request target is escaped by construction: the template is
+	// written again from its parsed parts, its path as net/http escapes it
+	// and its query with what a query may not hold escaped, around a marker
+	// that needs no escaping, where the channel goes.
+	if strings.Contains(tmpl, channelMarker) {
+		return "", "", false, bad("must not contain " + channelMarker)
+	}
+	u, err = url.Parse(prefix + channelMarker + suffix)
+	if err != nil {
+		return "", "", false, bad(err.Error())
+	}
+	canon := u.Scheme + "://"
+	if u.User != nil {
+		canon += u.User.String() + "@"
+	}
+	canon += u.Host + u.EscapedPath()
+	if u.RawQuery != "" || u.ForceQuery {
+		canon += "?" + escapeQuery(u.RawQuery)
+	}
+	prefix, suffix, _ = strings.Cut(canon, channelMarker)
 	return prefix, suffix, strings.Contains(prefix, "?"), nil
+}
+
+// channelMarker stands for the channel while a template is escaped: letters
+// only, which neither a path nor a query escapes.
+const channelMarker = "sessionpushChannelMarker"
+
+// escapeQuery percent-encodes the bytes that a URL query may not hold (RFC
+// 3986: anything but unreserved and sub-delimiter characters, ":", "@", "/",
+// "?" and existing %XX escapes), leaving the rest as written.
+func escapeQuery(q string) string {
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(q); i++ {
+		c := q[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9',
+			strings.IndexByte("-._~!$&'()*+,;=:@/?", c) >= 0:
+			b.WriteByte(c)
+		case c == '%' && i+2 < len(q) && ishex(q[i+1]) && ishex(q[i+2]):
+			b.WriteByte(c)
+		default:
+			b.WriteByte('%')
+			b.WriteByte(hex[c>>4])
+			b.WriteByte(hex[c&15])
+		}
+	}
+	return b.String()
+}
+
+func ishex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
 // url builds the publisher URL of a validated channel ID. Validation leaves

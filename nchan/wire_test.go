@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/sessionpush/sessionpush/relay"
 )
 
@@ -436,5 +438,75 @@ func TestWireOnlyForPlainHTTP(t *testing.T) {
 	c, _ := New("http://localhost/pub/{channel}", Options{})
 	if c.wire.addr != "localhost:80" || c.wire.host != "localhost" {
 		t.Errorf("default port: dial %q Host %q", c.wire.addr, c.wire.host)
+	}
+}
+
+// TestRequestTargetEscaped: the request target is escaped by construction.
+// A template whose path and query hold a space and non-ASCII characters
+// gives a valid, percent-encoded request line, read here off a raw TCP
+// connection, through the client's own transport and through a caller's
+// *http.Client alike; and net/http parses the request.
+func TestRequestTargetEscaped(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 8)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer conn.Close()
+				br := bufio.NewReader(conn)
+				for {
+					line, err := br.ReadString('\n')
+					if err != nil {
+						return
+					}
+					lines <- line
+					r, err := http.ReadRequest(bufio.NewReader(io.MultiReader(strings.NewReader(line), br)))
+					if err != nil {
+						t.Errorf("request after %q: %v", line, err)
+						return
+					}
+					io.Copy(io.Discard, r.Body)
+					writeAnswer(conn, 202, "", infoBody)
+				}
+			})
+		}
+	})
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+
+	id := uuid.NewString()
+	for _, custom := range []bool{false, true} {
+		for _, tc := range []struct{ tmpl, target string }{
+			{"/pub lish/é/{channel}", "/pub%20lish/%C3%A9/" + id},
+			{"/pub lish/é/{channel}?x=a b", "/pub%20lish/%C3%A9/" + id + "?x=a%20b"},
+			{"/pub lish/é?x=é b&channel={channel}", "/pub%20lish/%C3%A9?x=%C3%A9%20b&channel=" + id},
+			{"/already%20escaped/{channel}?q=%C3%A9", "/already%20escaped/" + id + "?q=%C3%A9"},
+		} {
+			opts := Options{}
+			if custom {
+				tr := &http.Transport{}
+				t.Cleanup(tr.CloseIdleConnections)
+				opts.HTTPClient = &http.Client{Transport: tr}
+			}
+			c, err := New("http://"+ln.Addr().String()+tc.tmpl, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.markOpen(id)
+			if _, err := c.Publish(ctxTimeout(t, 10*time.Second), id, relay.Message{Body: []byte("x")}); err != nil {
+				t.Fatalf("%s: %v", tc.tmpl, err)
+			}
+			c.CloseIdleConnections()
+			if got, want := <-lines, "POST "+tc.target+" HTTP/1.1\r\n"; got != want {
+				t.Errorf("%s (custom client %v): request line %q, want %q", tc.tmpl, custom, got, want)
+			}
+		}
 	}
 }
