@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sessionpush/sessionpush/internal/servers"
 )
 
 // programEnv makes this test binary the example program itself (run with
@@ -108,19 +110,9 @@ func TestRedTeamMemory(t *testing.T) {
 // processRSS returns the resident set size of process pid.
 func processRSS(t *testing.T, pid int) int64 {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	kb, err := servers.ProcStatus(strconv.Itoa(pid), "VmRSS")
 	if err != nil {
-		t.Skipf("no /proc: %v", err)
+		t.Skipf("no resident set size: %v", err)
 	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			if err != nil {
-				t.Fatalf("VmRSS %q: %v", rest, err)
-			}
-			return kb << 10
-		}
-	}
-	t.Fatalf("no VmRSS for process %d", pid)
-	return 0
+	return kb << 10
 }

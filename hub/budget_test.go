@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/sessionpush/sessionpush/internal/servers"
 	"github.com/sessionpush/sessionpush/relay"
 )
 
@@ -314,22 +314,12 @@ func budgetRSSChild(t *testing.T, budget int64) {
 	}
 }
 
-// rss returns the process's resident set size, from /proc/self/status.
+// rss returns the process's resident set size.
 func rss(t *testing.T) int64 {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/status")
+	kb, err := servers.ProcStatus("self", "VmRSS")
 	if err != nil {
-		t.Skipf("no /proc/self/status: %v", err)
+		t.Skipf("no resident set size: %v", err)
 	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			if err != nil {
-				t.Fatalf("VmRSS %q: %v", rest, err)
-			}
-			return kb << 10
-		}
-	}
-	t.Fatal(fmt.Sprintf("no VmRSS in %q", b))
-	return 0
+	return kb << 10
 }

@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sessionpush/sessionpush/internal/servers"
 	"github.com/sessionpush/sessionpush/relay"
 )
 
@@ -202,14 +203,8 @@ func memNow() (rss, heap int64) {
 	debug.FreeOSMemory()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	b, _ := os.ReadFile("/proc/self/status")
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			rss = kb << 10
-		}
-	}
-	return rss, int64(ms.HeapInuse + ms.StackInuse)
+	kb, _ := servers.ProcStatus("self", "VmRSS")
+	return kb << 10, int64(ms.HeapInuse + ms.StackInuse)
 }
 
 // cpuNow returns the process's user and system CPU time in nanoseconds.

@@ -234,3 +234,22 @@ func tail(path string, n int) string {
 	}
 	return string(b)
 }
+
+// ProcStatus returns a field of /proc/<pid>/status that is counted in KiB,
+// such as "VmRSS" (resident memory); pid "self" is the calling process.
+func ProcStatus(pid, field string) (int64, error) {
+	b, err := os.ReadFile("/proc/" + pid + "/status")
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			f := strings.Fields(rest)
+			if len(f) == 0 {
+				break
+			}
+			return strconv.ParseInt(f[0], 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("/proc/%s/status: no %s", pid, field)
+}

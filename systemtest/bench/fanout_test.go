@@ -22,6 +22,7 @@ import (
 	"github.com/sessionpush/sessionpush"
 	"github.com/sessionpush/sessionpush/hub"
 	"github.com/sessionpush/sessionpush/internal/farm"
+	"github.com/sessionpush/sessionpush/internal/servers"
 	"github.com/sessionpush/sessionpush/nchan"
 	"github.com/sessionpush/sessionpush/relay"
 )
@@ -204,7 +205,7 @@ func selfMemory(t *testing.T) memory {
 	debug.FreeOSMemory()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	kb, err := procStatus("self", "VmRSS")
+	kb, err := servers.ProcStatus("self", "VmRSS")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +213,7 @@ func selfMemory(t *testing.T) memory {
 }
 
 func workerRSS(t *testing.T, pid int) float64 {
-	kb, err := procStatus(strconv.Itoa(pid), "VmRSS")
+	kb, err := servers.ProcStatus(strconv.Itoa(pid), "VmRSS")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -203,24 +203,6 @@ func commit() string {
 	return c
 }
 
-// procStatus returns a field of /proc/<pid>/status in KiB ("VmRSS").
-func procStatus(pid, field string) (int64, error) {
-	b, err := os.ReadFile("/proc/" + pid + "/status")
-	if err != nil {
-		return 0, err
-	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, field+":"); ok {
-			f := strings.Fields(rest)
-			if len(f) == 0 {
-				break
-			}
-			return strconv.ParseInt(f[0], 10, 64)
-		}
-	}
-	return 0, fmt.Errorf("/proc/%s/status: no %s", pid, field)
-}
-
 // clockTick is USER_HZ, the unit of /proc/<pid>/stat's CPU times: 100 on
 // Linux (x86, arm64).
 const clockTick = 100
