@@ -16,7 +16,7 @@
 // # Servers
 //
 // A Client needs no configuration to tell the servers apart; it goes by
-// their answers (relay-protocol.md has the observations):
+// their answers, as observed on real servers:
 //
 //   - Open on a missing channel sends an empty PUT. Nchan publishes an empty
 //     message (202) and Open returns that message's ID as the cursor, so a

@@ -16,7 +16,7 @@ import (
 var errBadInfo = errors.New("malformed channel info")
 
 // channelInfo is the channel-info body of a GET, POST, PUT or DELETE answer,
-// from either server (relay-protocol.md §3).
+// from either server, in any of its formats (see parseInfo).
 type channelInfo struct {
 	messages    int
 	subscribers int

@@ -8,7 +8,7 @@ import (
 	"github.com/sessionpush/sessionpush/relay"
 )
 
-// Channel-info bodies as relay-protocol.md §3 quotes them.
+// Channel-info bodies as Nchan 1.3.6 and the push module 0.712 answer them.
 var infoSeeds = []struct {
 	name string
 	body string

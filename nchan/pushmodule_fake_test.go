@@ -16,8 +16,8 @@ import (
 	"github.com/sessionpush/sessionpush/relay"
 )
 
-// pushModule is a fake of nginx_http_push_module 0.712, built from the 0.712
-// column of relay-protocol.md:
+// pushModule is a fake of nginx_http_push_module 0.712, built from what a
+// real 0.712 server was observed to answer:
 //
 //   - publisher /publish?channel=<id>: GET 404 (empty) or 200 + info; PUT
 //     creates an empty channel (200 + info, body ignored); POST stores a

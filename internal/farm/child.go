@@ -278,10 +278,13 @@ func (p *farmProc) record(i int, key string, sent, now int64) {
 	ks.mu.Lock()
 	ks.count++
 	ks.per[i]++
-	if ks.count == 1 {
+	// Receive times are taken before the lock, so deliveries of other
+	// listeners may come here out of their order: keep the earliest and
+	// the latest.
+	if ks.count == 1 || now < ks.first {
 		ks.first = now
 	}
-	ks.last = now
+	ks.last = max(ks.last, now)
 	if sent > 0 {
 		ks.lat = append(ks.lat, now-sent)
 		if ks.minSent == 0 || sent < ks.minSent {
