@@ -3,13 +3,10 @@ package sessionpush_test
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
-	"net/http/cookiejar"
 	"net/http/httptest"
 	"slices"
 	"strings"
@@ -442,62 +439,27 @@ func TestNewRelayConfig(t *testing.T) {
 // Config.Relay), Manager.Shutdown ends its listeners, and no goroutine is
 // left (the package's TestMain checks with goleak).
 func TestShutdownEndsEmbeddedRelay(t *testing.T) {
-	for name, build := range map[string]func() *hub.Hub{
-		"built by New": func() *hub.Hub { return nil },
-		"Config.Relay": func() *hub.Hub { return hub.New(hub.Options{}) },
+	for name, r := range map[string]relay.Relay{
+		"built by New": nil,
+		"Config.Relay": hub.New(hub.Options{}),
 	} {
 		t.Run(name, func(t *testing.T) {
-			store := sessions.NewCookieStore(securecookie.GenerateRandomKey(32))
-			store.Options.HttpOnly, store.Options.SameSite = true, http.SameSiteLaxMode
-			cfg := sessionpush.Config{Sessions: store, Logger: slog.New(slog.DiscardHandler)}
-			if h := build(); h != nil {
-				cfg.Relay = h
+			a := newApp(t, func(c *sessionpush.Config) { c.Relay = r })
+			b := a.browser().login("alice")
+			sub := b.subscribe()
+			s, code := b.listen(sub.URL)
+			if code != 200 {
+				t.Fatalf("EventSource: %d", code)
 			}
-			mgr, err := sessionpush.New(cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			mux := http.NewServeMux()
-			mux.HandleFunc("POST /login", func(w http.ResponseWriter, r *http.Request) {
-				s, _ := store.Get(r, "session")
-				s.Values["user"] = "alice"
-				s.Save(r, w)
-			})
-			mux.Handle("POST /subscribe", mgr.SubscribeHandler())
-			mux.Handle("GET /sub/{channel}", mgr.ListenHandler())
-			srv := httptest.NewServer(mgr.Middleware(mux))
-			defer srv.Close()
-			jar, _ := cookiejar.New(nil)
-			c := &http.Client{Jar: jar}
-			if resp, err := c.Post(srv.URL+"/login", "", nil); err != nil {
-				t.Fatal(err)
-			} else {
-				resp.Body.Close()
-			}
-			resp, err := c.Post(srv.URL+"/subscribe", "", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var sub sessionpush.Subscription
-			json.NewDecoder(resp.Body).Decode(&sub)
-			resp.Body.Close()
-			req, _ := http.NewRequest("GET", srv.URL+sub.URL, nil)
-			req.Header.Set("Accept", "text/event-stream")
-			stream, err := c.Do(req)
-			if err != nil || stream.StatusCode != 200 {
-				t.Fatalf("EventSource: %v, %v", stream, err)
-			}
-			defer stream.Body.Close()
-
-			if err := mgr.Shutdown(context.Background()); err != nil {
+			if err := a.mgr.Shutdown(context.Background()); err != nil {
 				t.Fatal(err)
 			}
 			// The stream ends: its body reaches EOF after the relay's ":410" comment.
-			rest, err := io.ReadAll(stream.Body)
+			rest, err := io.ReadAll(s.r)
 			if err != nil || !strings.Contains(string(rest), ":410") {
 				t.Errorf("stream after Shutdown: %q, %v; want it ended with :410", rest, err)
 			}
-			if _, err := mgr.Relay().Open(context.Background(), sub.Channel); !errors.Is(err, relay.ErrClosed) {
+			if _, err := a.mgr.Relay().Open(context.Background(), sub.Channel); !errors.Is(err, relay.ErrClosed) {
 				t.Errorf("Open after Shutdown: %v, want relay.ErrClosed", err)
 			}
 		})

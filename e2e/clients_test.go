@@ -165,7 +165,7 @@ func signIn(t *testing.T, siteURL, user string) *account {
 func (a *account) cookie() *http.Cookie {
 	u, _ := url.Parse(a.site)
 	for _, c := range a.Jar.Cookies(u) {
-		if c.Name == "session" { // sessionpush.DefaultSessionName
+		if c.Name == "session" { // sessionpush.Config.SessionName's default
 			return c
 		}
 	}
@@ -197,6 +197,22 @@ func (a *account) subscribe() subscription {
 		a.t.Fatalf("/subscribe answered %+v: want channel, cursor and url", s)
 	}
 	return s
+}
+
+// subscribeBetween sets up the starting-from-the-cursor case: a message
+// "before" is pushed, /subscribe answers the same channel with a newer
+// cursor, and "m1" is pushed after it, before any client listens. A client
+// started from the returned cursor must get m1 and not "before".
+func (a *account) subscribeBetween() subscription {
+	a.t.Helper()
+	first := a.subscribe()
+	a.push("before")
+	sub := a.subscribe()
+	if sub.Channel != first.Channel || sub.Cursor == first.Cursor {
+		a.t.Fatalf("/subscribe after a push: %+v; before it: %+v: want the same channel, a newer cursor", sub, first)
+	}
+	a.push("m1") // after /subscribe, before the client listens
+	return sub
 }
 
 // push pushes each text, a JSON string, to the session's own channel. When

@@ -137,7 +137,7 @@ func (l *listener) hijack() (bool, error) {
 	l.wrote = true
 	// The stream owns the listener's place in its channel and in
 	// Hub.serving from now on.
-	startStream(l, conn, nil)
+	startStream(l, conn)
 	return true, nil
 }
 

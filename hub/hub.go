@@ -373,8 +373,9 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 // Options.OriginPatterns does not allow.
 //
 // An EventSource listener over HTTP/1.x takes the connection over
-// (http.Hijacker): ServeListener writes the status line and the headers
-// then in w.Header() (with those it sets itself), and returns while the
+// (http.Hijacker): ServeListener sends the status through w, so that the
+// wrappers of w (an access log) see it, with the headers then in
+// w.Header() and those it sets itself, then hijacks, and returns while the
 // stream goes on. Such a response has no Content-Length and no chunked
 // encoding: it carries "Connection: close" and ends when the connection
 // closes. While the stream is idle, only a goroutine blocked in a small

@@ -24,9 +24,8 @@ type hstream struct {
 	l          *listener // its pos is the turn's
 	conn       net.Conn
 	cw         *connWriter
-	head       []byte // the status line and headers, sent with the first bytes
-	gap        bool   // parked after a gap: the next message says so
-	slot       int    // its index in chanState.parked while it is there
+	gap        bool // parked after a gap: the next message says so
+	slot       int  // its index in chanState.parked while it is there
 	readerDone chan struct{}
 	ended      atomic.Bool  // the client went away: park no more
 	finished   atomic.Bool  // finish ran
@@ -35,10 +34,10 @@ type hstream struct {
 	err        error        // the write error that ended the stream
 }
 
-// startStream serves l's stream on conn, the first write being head and
-// the ": hi" comment.
-func startStream(l *listener, conn net.Conn, head []byte) {
-	s := &hstream{l: l, conn: conn, head: head, readerDone: make(chan struct{}),
+// startStream serves l's stream on conn, whose header net/http has sent;
+// the first write is the ": hi" comment.
+func startStream(l *listener, conn net.Conn) {
+	s := &hstream{l: l, conn: conn, readerDone: make(chan struct{}),
 		cw: newConnWriter(conn, l.hub.opts.WriteTimeout)}
 	s.wrote.Store(time.Now().UnixNano())
 	if d := l.hub.opts.Heartbeat; d > 0 {
@@ -145,9 +144,6 @@ func (s *hstream) deliver(m *message) bool {
 		b = append(gapEventFrame(s.l.pos), m.frame...)
 	}
 	s.gap = false
-	if s.head != nil {
-		b, s.head = append(s.head, b...), nil
-	}
 	s.l.pos = m.pos
 	rest, err := s.cw.tryAll(b)
 	switch {
@@ -259,12 +255,9 @@ func (s *hstream) park(gap bool) {
 	s.gap = gap
 }
 
-// write writes b (after the headers, the first time), waiting within
-// Options.WriteTimeout, and reports whether it did.
+// write writes b, waiting within Options.WriteTimeout, and reports whether
+// it did.
 func (s *hstream) write(b []byte) bool {
-	if s.head != nil {
-		b, s.head = append(s.head, b...), nil
-	}
 	if err := s.cw.write(b); err != nil {
 		s.err = err
 		return false

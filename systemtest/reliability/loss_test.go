@@ -284,30 +284,22 @@ func checkAll(t *testing.T, r lossResult, c lossCase) {
 
 // TestLossHub: on the embedded relay, with a buffer that holds every
 // message, a listener that reconnects at random moments gets all of them,
-// each once, in order, on every transport.
+// each once, in order, on every transport; served over plain HTTP/1.1 and
+// over TLS with HTTP/2 (WebSocket then upgrades over TLS with HTTP/1.1).
 func TestLossHub(t *testing.T) {
 	c := fullBufferCase(t)
-	tg, _ := hubTarget(t, hub.Options{BufferLength: c.buffer, MessageTTL: -1})
-	for _, tr := range transports {
-		t.Run(tr.name, func(t *testing.T) {
-			r := runLoss(t, tg, tr, c)
-			r.log(t, "hub", tr.name, c)
-			checkAll(t, r, c)
-		})
-	}
-}
-
-// TestLossHubHTTP2: TestLossHub over TLS with HTTP/2 (WebSocket over TLS
-// with HTTP/1.1, as it upgrades).
-func TestLossHubHTTP2(t *testing.T) {
-	c := fullBufferCase(t)
-	tg, _ := hubTargetOver(t, hub.Options{BufferLength: c.buffer, MessageTTL: -1}, tlsHTTP2)
-	for _, tr := range transports {
-		t.Run(tr.name, func(t *testing.T) {
-			r := runLoss(t, tg, tr, c)
-			r.log(t, "hub-http2", tr.name, c)
-			checkAll(t, r, c)
-		})
+	for _, p := range []struct {
+		proto proto
+		label string // of the RESULT lines
+	}{{plain, "hub"}, {tlsHTTP2, "hub-http2"}} {
+		tg, _ := hubTargetOver(t, hub.Options{BufferLength: c.buffer, MessageTTL: -1}, p.proto)
+		for _, tr := range transports {
+			t.Run(p.proto.name+"/"+tr.name, func(t *testing.T) {
+				r := runLoss(t, tg, tr, c)
+				r.log(t, p.label, tr.name, c)
+				checkAll(t, r, c)
+			})
+		}
 	}
 }
 
