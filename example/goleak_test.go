@@ -5,7 +5,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/sessionpush/sessionpush/internal/farm"
+	"github.com/sessionpush/sessionpush/systemtest/farm"
 )
 
 // TestMain fails the package's tests when a goroutine outlives them. A

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/sessionpush/sessionpush"
-	"github.com/sessionpush/sessionpush/internal/farm"
+	"github.com/sessionpush/sessionpush/systemtest/farm"
 	"github.com/sessionpush/sessionpush/internal/servers"
 )
 

@@ -2,6 +2,11 @@
 // several instances of an application share them: a channel opened through
 // one instance can be pushed to, broadcast to and closed from any other.
 //
+// It is a module of its own, so that go-redis enters the module graph of
+// the applications that use Redis only:
+//
+//	go get github.com/sessionpush/sessionpush/redisstore
+//
 //	client := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: []string{"localhost:6379"}})
 //	defer client.Close()
 //	mgr, err := sessionpush.New(sessionpush.Config{

@@ -11,7 +11,7 @@
 //
 // Without SESSIONPUSH_BENCH the same test is a smoke test of a few seconds
 // (N = 100 listeners, one run, 100 ms of load per generator) that asserts
-// correctness only, never timing, and runs in CI under go test -race ./....
+// correctness only, never timing, and runs in CI under the README's test command.
 //
 // Parts of it run alone by subtest: -run 'TestSuite/middleware' (figure 1),
 // 'TestSuite/publish' (2), 'TestSuite/fanout' (3 to 5),
@@ -84,7 +84,7 @@
 // their connections are closed after it. nginx gets worker_rlimit_nofile
 // and worker_connections for 2N and 256 MiB of Nchan shared memory.
 //
-// The listeners live in child processes, farms of internal/farm (this test
+// The listeners live in child processes, farms of systemtest/farm (this test
 // binary again; TestMain calls farm.Main), one per relay, so that they have
 // descriptors of their own: RLIMIT_NOFILE is 20000 here and its hard limit
 // cannot be raised without CAP_SYS_RESOURCE, while the embedded relay's N

@@ -21,7 +21,7 @@ import (
 
 	"github.com/sessionpush/sessionpush"
 	"github.com/sessionpush/sessionpush/hub"
-	"github.com/sessionpush/sessionpush/internal/farm"
+	"github.com/sessionpush/sessionpush/systemtest/farm"
 	"github.com/sessionpush/sessionpush/internal/servers"
 	"github.com/sessionpush/sessionpush/nchan"
 	"github.com/sessionpush/sessionpush/relay"

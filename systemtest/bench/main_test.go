@@ -5,10 +5,10 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/sessionpush/sessionpush/internal/farm"
+	"github.com/sessionpush/sessionpush/systemtest/farm"
 )
 
-// TestMain lets this test binary serve as the listener farm (internal/farm).
+// TestMain lets this test binary serve as the listener farm (systemtest/farm).
 func TestMain(m *testing.M) {
 	farm.Main()
 	goleak.VerifyTestMain(m)

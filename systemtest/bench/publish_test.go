@@ -21,7 +21,7 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/sessionpush/sessionpush/internal/farm"
+	"github.com/sessionpush/sessionpush/systemtest/farm"
 	"github.com/sessionpush/sessionpush/nchan"
 	"github.com/sessionpush/sessionpush/relay"
 )

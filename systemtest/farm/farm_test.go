@@ -13,7 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/sessionpush/sessionpush/hub"
-	"github.com/sessionpush/sessionpush/internal/farm"
+	"github.com/sessionpush/sessionpush/systemtest/farm"
 	"github.com/sessionpush/sessionpush/relay"
 )
 

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/sessionpush/sessionpush/hub"
-	"github.com/sessionpush/sessionpush/internal/farm"
+	"github.com/sessionpush/sessionpush/systemtest/farm"
 	"github.com/sessionpush/sessionpush/relay"
 )
 
