@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/sessionpush/sessionpush"
-	"github.com/sessionpush/sessionpush/systemtest/farm"
 	"github.com/sessionpush/sessionpush/internal/servers"
+	"github.com/sessionpush/sessionpush/systemtest/farm"
 )
 
 // scaleListeners is how many listeners TestNginxListenersAtScale connects:

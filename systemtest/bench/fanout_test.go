@@ -21,10 +21,10 @@ import (
 
 	"github.com/sessionpush/sessionpush"
 	"github.com/sessionpush/sessionpush/hub"
-	"github.com/sessionpush/sessionpush/systemtest/farm"
 	"github.com/sessionpush/sessionpush/internal/servers"
 	"github.com/sessionpush/sessionpush/nchan"
 	"github.com/sessionpush/sessionpush/relay"
+	"github.com/sessionpush/sessionpush/systemtest/farm"
 )
 
 // side is one relay of figures 3 to 5 with its listener farm.

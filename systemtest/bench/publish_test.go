@@ -21,9 +21,9 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/sessionpush/sessionpush/systemtest/farm"
 	"github.com/sessionpush/sessionpush/nchan"
 	"github.com/sessionpush/sessionpush/relay"
+	"github.com/sessionpush/sessionpush/systemtest/farm"
 )
 
 // publishBody is the body of every publish of figure 2, about 100 bytes of

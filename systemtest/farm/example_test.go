@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/sessionpush/sessionpush/hub"
-	"github.com/sessionpush/sessionpush/systemtest/farm"
 	"github.com/sessionpush/sessionpush/relay"
+	"github.com/sessionpush/sessionpush/systemtest/farm"
 )
 
 // Three listeners of one channel of an embedded relay; one stamped message;

@@ -13,8 +13,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/sessionpush/sessionpush/hub"
-	"github.com/sessionpush/sessionpush/systemtest/farm"
 	"github.com/sessionpush/sessionpush/relay"
+	"github.com/sessionpush/sessionpush/systemtest/farm"
 )
 
 func TestMain(m *testing.M) {

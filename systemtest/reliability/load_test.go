@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/sessionpush/sessionpush/hub"
-	"github.com/sessionpush/sessionpush/systemtest/farm"
 	"github.com/sessionpush/sessionpush/relay"
+	"github.com/sessionpush/sessionpush/systemtest/farm"
 )
 
 // memSample is the hub process's memory at one moment.
