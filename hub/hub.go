@@ -224,6 +224,13 @@ func (h *Hub) Publish(ctx context.Context, channel string, m relay.Message) (rel
 		return relay.Receipt{}, opError("publish", channel, relay.ErrChannelNotFound)
 	}
 	c.stamp(msg, now)
+	return h.appendLocked(c, msg, now), nil
+}
+
+// appendLocked buffers msg, stamped, in c, wakes c's listeners and hands
+// msg to its idle streams. The caller holds c.mu for writing, which
+// appendLocked releases.
+func (h *Hub) appendLocked(c *chanState, msg *message, now time.Time) relay.Receipt {
 	if h.opts.BufferLength > 0 {
 		c.msgs = append(c.msgs, msg)
 		h.budget.add(c, msg)
@@ -247,7 +254,7 @@ func (h *Hub) Publish(ctx context.Context, channel string, m relay.Message) (rel
 	case len(parked) > 0:
 		deliverAll(parked, msg) // cheaper than a goroutine; never waits
 	}
-	return receipt, nil
+	return receipt
 }
 
 // Info reports on an open channel: its unexpired buffered messages, its
@@ -616,6 +623,12 @@ func (c *chanState) stamp(m *message, now time.Time) {
 	if id.Time == c.last.Time {
 		id.Tag = c.last.Tag + 1
 	}
+	c.label(m, id)
+}
+
+// label gives m the ID id, which follows c.last, and everything derived
+// from it. The caller holds c.mu for writing.
+func (c *chanState) label(m *message, id relay.MessageID) {
 	c.last = id
 
 	var line [maxIDLine]byte
