@@ -11,7 +11,9 @@
 // about), it serves HTTPS, with HTTP/2.
 //
 // It uses the embedded relay, unless -publish-url names an Nchan publisher:
-// then it publishes there and nginx serves the listeners. nginx/nginx.conf
+// then it publishes there and nginx serves the listeners. With -redis and
+// without -publish-url it uses redishub, the relay shared through Redis, so
+// that several instances serve any channel's listeners (docs/scaling.md). nginx/nginx.conf
 // serves the app and Nchan on one origin:
 //
 //	go run ./example -publish-url 'http://127.0.0.1:8091/pub/{channel}' -subscribe-url '/sub/{channel}'
@@ -74,7 +76,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sessionpush/sessionpush"
+	"github.com/sessionpush/sessionpush/hub"
 	"github.com/sessionpush/sessionpush/nchan"
+	"github.com/sessionpush/sessionpush/redishub"
 	"github.com/sessionpush/sessionpush/redisstore"
 )
 
@@ -130,7 +134,8 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	subscribeURL := fs.String("subscribe-url", "", "the listening `URL` with {channel} that /subscribe returns, relative to the page or absolute (default /sub/{channel})")
 	// Empty: the in-memory channel store. Else redisstore on this Redis,
 	// which several instances of the example can share.
-	redisAddr := fs.String("redis", "", "keep open channels in the Redis at `address` (host:port) instead of in memory")
+	// Without -publish-url, the relay is then redishub on the same Redis.
+	redisAddr := fs.String("redis", "", "keep open channels in the Redis at `address` (host:port) instead of in memory, and without -publish-url share the relay through it (redishub)")
 	// Config.BroadcastChannel: empty, Broadcast fans out to every open
 	// channel; else every signed-in session also listens to this channel
 	// and Broadcast publishes once to it. With Nchan, nginx/nginx.conf has
@@ -189,14 +194,25 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		cfg.Relay = nc                  // ListenHandler answers 404: nginx serves /sub
 		log.Info("publishing to Nchan", "url", *publishURL)
 	}
-	if cfg.Relay == nil {
-		cfg.Hub.WriteTimeout = *writeTimeout // the embedded relay's; zero: its default
-	}
 	if *redisAddr != "" {
 		rc := redis.NewClient(&redis.Options{Addr: *redisAddr})
-		defer rc.Close()
+		defer rc.Close() // after mgr.Shutdown, deferred later, has run
 		cfg.Store = redisstore.New(rc, redisstore.Options{})
 		log.Info("channel store on Redis", "addr", *redisAddr)
+		if cfg.Relay == nil {
+			// Without Nchan: the relay shared through Redis, so that any
+			// instance serves the listeners of any channel.
+			rh, err := redishub.New(rc, redishub.Options{Hub: hub.Options{WriteTimeout: *writeTimeout}, Logger: log})
+			if err != nil {
+				return err
+			}
+			defer rh.Shutdown(context.Background()) // if run returns before mgr.Shutdown
+			cfg.Relay = rh
+			log.Info("relay shared through Redis (redishub)", "addr", *redisAddr)
+		}
+	}
+	if cfg.Relay == nil {
+		cfg.Hub.WriteTimeout = *writeTimeout // the embedded relay's; zero: its default
 	}
 	mgr, err := sessionpush.New(cfg)
 	if err != nil {
