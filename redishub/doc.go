@@ -16,7 +16,8 @@
 //
 // A channel C has, under Options.Prefix P and the hash tag {C} (so that all
 // of them sit on one Redis Cluster slot): P{C}:m, a hash with the newest
-// message ID ("last"), the listener cap ("cap") and the time a listener last
+// message ID ("last"), the newest one trimmed from the buffer ("dropped"), the
+// listener cap ("cap") and the time a listener last
 // connected ("req"); P{C}:s, a stream holding the buffer, whose entry IDs
 // are the message IDs themselves ("<sec>-<tag>", shown as "<sec>:<tag>"),
 // trimmed to Options.Hub.BufferLength (MAXLEN) and by Options.Hub.MessageTTL

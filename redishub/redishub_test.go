@@ -158,7 +158,7 @@ func TestSignOutEndsEveryInstance(t *testing.T) {
 // with its last ID gets what is still buffered, once, in order, and behind
 // the buffer the gap signal.
 func TestResumeOnAnotherInstance(t *testing.T) {
-	c := newCluster(t, 2, clusterOpts{relay: redishub.Options{Hub: hub.Options{BufferLength: 5}}})
+	c := newCluster(t, 3, clusterOpts{relay: redishub.Options{Hub: hub.Options{BufferLength: 5}}})
 	A, B := c.inst[0], c.inst[1]
 	b := c.login(t, A)
 	sub := b.subscribe(t, A)
@@ -191,16 +191,21 @@ func TestResumeOnAnotherInstance(t *testing.T) {
 	for i := 5; i <= 11; i++ {
 		push(strconv.Itoa(i))
 	}
-	l = b.mustListen(t, A, sub.URL, last.ID) // A has a replica; B too, from before
-	if ev := l.next(t); ev.Name != "gap" || ev.Data != last.ID {
-		t.Fatalf("want the gap signal after %s, got %+v", last.ID, ev)
-	}
-	for i := 7; i <= 11; i++ {
-		if ev := l.next(t); ev.Data != strconv.Itoa(i) {
-			t.Fatalf("got %+v, want %d", ev, i)
+	// A and B have replicas from before; the third instance opens one from
+	// Redis's stream.
+	for _, in := range c.inst {
+		l = b.mustListen(t, in, sub.URL, last.ID)
+		if ev := l.next(t); ev.Name != "gap" || ev.Data != last.ID {
+			t.Fatalf("want the gap signal after %s, got %+v", last.ID, ev)
 		}
+		for i := 7; i <= 11; i++ {
+			if ev := l.next(t); ev.Data != strconv.Itoa(i) {
+				t.Fatalf("got %+v, want %d", ev, i)
+			}
+		}
+		l.quiet(t)
+		l.close()
 	}
-	l.quiet(t)
 }
 
 // TestCapAcrossInstances: the listener cap holds over instances once

@@ -4,7 +4,7 @@ import "github.com/redis/go-redis/v9"
 
 // The Lua scripts of the relay. Each takes the keys of one channel, which
 // share a hash tag (see keys), so that each runs on one Redis Cluster node.
-// KEYS are always: 1 the channel's hash ("meta": last, cap, req), 2 its
+// KEYS are always: 1 the channel's hash ("meta": last, dropped, cap, req), 2 its
 // stream of messages, 3 its hash of listener counts per instance ("<n>:<ms>",
 // the count and the Redis time in milliseconds until which it counts), 4
 // its tombstone, set when it is closed.
@@ -50,7 +50,7 @@ return '0-0'
 // publishScript gives the message the channel's next ID (from the Redis
 // clock, strictly after the last even if the clock steps back, as the
 // embedded relay's IDs), appends it to the stream (trimmed to the buffer
-// length and by age), and publishes it to the channel's notification
+// length and by age, noting the newest ID trimmed as "dropped"), and publishes it to the channel's notification
 // channel, so that each instance with listeners reads it once. It returns
 // {id, listeners, buffered}, or the error "NOTFOUND" if the channel is not
 // open. ARGV: 1 notification channel, 2 buffer length (0: keep none), 3
@@ -69,11 +69,27 @@ else
   id = string.format('%d-%d', lsec, ltag + 1)
 end
 redis.call('HSET', KEYS[1], 'last', id)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], id, 'p', now, 'e', ARGV[4], 't', ARGV[5], 'b', ARGV[6])
-local ttl = tonumber(ARGV[3])
-if ttl > 0 then
-  redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d-0', math.floor((now - ttl) / 1000)))
-  redis.call('PEXPIRE', KEYS[2], ttl + 1000)
+local maxlen = tonumber(ARGV[2])
+if maxlen == 0 then
+  redis.call('HSET', KEYS[1], 'dropped', id)
+else
+  redis.call('XADD', KEYS[2], id, 'p', now, 'e', ARGV[4], 't', ARGV[5], 'b', ARGV[6])
+  local n = redis.call('XLEN', KEYS[2])
+  if n > maxlen then
+    local old = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', n - maxlen)
+    redis.call('HSET', KEYS[1], 'dropped', old[#old][1])
+    redis.call('XTRIM', KEYS[2], 'MAXLEN', maxlen)
+  end
+  local ttl = tonumber(ARGV[3])
+  if ttl > 0 then
+    local cut = string.format('%d-0', math.floor((now - ttl) / 1000))
+    local old = redis.call('XREVRANGE', KEYS[2], '(' .. cut, '-', 'COUNT', 1)
+    if #old > 0 then
+      redis.call('HSET', KEYS[1], 'dropped', old[1][1])
+      redis.call('XTRIM', KEYS[2], 'MINID', cut)
+    end
+    redis.call('PEXPIRE', KEYS[2], ttl + 1000)
+  end
 end
 redis.call('PUBLISH', ARGV[1], string.format('m%s %d %d %d ', id, now, #ARGV[4], #ARGV[5]) .. ARGV[4] .. ARGV[5] .. ARGV[6])
 return {id, listeners(nil), redis.call('XLEN', KEYS[2])}
@@ -94,23 +110,19 @@ return {m[1], m[2] or '0', listeners(ARGV[1]), n}
 
 // snapshotScript returns what an instance needs to open a replica, or to
 // catch one up: {last, cap, listeners of other instances, dropped,
-// entries}, where dropped is the newest ID gone from the stream (all of
-// them when the stream has expired), and entries the stream, oldest first.
+// entries}, where dropped is the newest ID gone from the stream (trimmed by
+// length or age, never added when the buffer length is zero, or all of them
+// when the stream key has expired), and entries the stream, oldest first.
 // It returns {} with the tombstone, when the channel was closed, and nil
 // when it is not open and not known closed. ARGV: 1 this instance.
 var snapshotScript = redis.NewScript(luaNow + luaListeners + `
-local m = redis.call('HMGET', KEYS[1], 'last', 'cap')
+local m = redis.call('HMGET', KEYS[1], 'last', 'cap', 'dropped')
 if not m[1] then
   if redis.call('EXISTS', KEYS[4]) == 1 then return {} end
   return false
 end
-local dropped = m[1]
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  local info = redis.call('XINFO', 'STREAM', KEYS[2])
-  for i = 1, #info, 2 do
-    if info[i] == 'max-deleted-entry-id' then dropped = info[i + 1] end
-  end
-end
+local dropped = m[3] or '0-0'
+if redis.call('EXISTS', KEYS[2]) == 0 then dropped = m[1] end
 return {m[1], m[2], listeners(ARGV[1]), dropped, redis.call('XRANGE', KEYS[2], '-', '+')}
 `)
 

@@ -4,6 +4,8 @@ go 1.26.0
 
 replace github.com/sessionpush/sessionpush => ../
 
+replace github.com/sessionpush/sessionpush/redishub => ../redishub
+
 replace github.com/sessionpush/sessionpush/redisstore => ../redisstore
 
 require (
@@ -13,6 +15,7 @@ require (
 	github.com/gorilla/sessions v1.4.0
 	github.com/redis/go-redis/v9 v9.23.0
 	github.com/sessionpush/sessionpush v0.0.0-00010101000000-000000000000
+	github.com/sessionpush/sessionpush/redishub v0.0.0-00010101000000-000000000000
 	github.com/sessionpush/sessionpush/redisstore v0.0.0-00010101000000-000000000000
 	go.uber.org/goleak v1.3.0
 )

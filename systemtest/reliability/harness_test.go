@@ -14,14 +14,17 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/sessionpush/sessionpush/hub"
 	"github.com/sessionpush/sessionpush/internal/servers"
 	"github.com/sessionpush/sessionpush/nchan"
+	"github.com/sessionpush/sessionpush/redishub"
 	"github.com/sessionpush/sessionpush/relay"
 	"github.com/sessionpush/sessionpush/relaytest"
 )
@@ -49,6 +52,12 @@ type target struct {
 	// (base is then "https://..."), which speaks HTTP/2 if http2.
 	tls   *tls.Config
 	http2 bool
+
+	// bases, when set, are the instances that serve listeners of the
+	// same relay: each subURL names the next one, so that every
+	// reconnection goes to another instance.
+	bases []string
+	turn  atomic.Int64
 }
 
 // newHTTPClient returns a client of its own for the target's listeners,
@@ -64,7 +73,46 @@ func (tg *target) newHTTPClient(t testing.TB) *http.Client {
 	return hc
 }
 
-func (tg *target) subURL(ch string) string { return tg.base + "/sub/" + ch }
+func (tg *target) subURL(ch string) string {
+	if len(tg.bases) > 0 {
+		return tg.bases[int(tg.turn.Add(1))%len(tg.bases)] + "/sub/" + ch
+	}
+	return tg.base + "/sub/" + ch
+}
+
+// redishubTarget starts a Redis and n instances of redishub on it, each
+// with opts and a client of its own, behind real HTTP servers; the target
+// publishes through the first, and its listeners go to each in turn.
+func redishubTarget(t testing.TB, opts hub.Options, n int) (*target, []*redishub.Relay) {
+	rd := servers.StartRedis(t)
+	var relays []*redishub.Relay
+	tg := &target{name: "redishub", gaps: true}
+	for range n {
+		client := redis.NewClient(&redis.Options{Addr: rd.Addr})
+		r, err := redishub.New(client, redishub.Options{Hub: opts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("GET /sub/{ch}", func(w http.ResponseWriter, req *http.Request) {
+			r.ServeListener(w, req, req.PathValue("ch"))
+		})
+		srv := httptest.NewServer(mux)
+		t.Cleanup(func() { // before Redis stops: cleanups run last first
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			if err := r.Shutdown(ctx); err != nil {
+				t.Errorf("redishub shutdown: %v", err)
+			}
+			srv.Close()
+			client.Close()
+		})
+		relays = append(relays, r)
+		tg.bases = append(tg.bases, srv.URL)
+	}
+	tg.relay, tg.base = relays[0], tg.bases[0]
+	return tg, relays
+}
 
 // serveHub serves h's listeners at /sub/{channel} on a real HTTP server on
 // 127.0.0.1, closed at cleanup (after h's own cleanups registered later).

@@ -337,6 +337,45 @@ func TestLossHubSmallBuffer(t *testing.T) {
 	}
 }
 
+// TestLossRedisHub: the same as TestLossHub on redishub, with three
+// instances on one Redis: the listener reconnects to another instance each
+// time, and still gets every message, each once, in order.
+func TestLossRedisHub(t *testing.T) {
+	c := fullBufferCase(t)
+	tg, _ := redishubTarget(t, hub.Options{BufferLength: c.buffer, MessageTTL: -1}, 3)
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) {
+			r := runLoss(t, tg, tr, c)
+			r.log(t, "redishub", tr.name, c)
+			checkAll(t, r, c)
+		})
+	}
+}
+
+// TestLossRedisHubSmallBuffer: the same as TestLossHubSmallBuffer on
+// redishub, each reconnection to another of three instances: behind the
+// buffer kept in Redis, the listener is told of the gap.
+func TestLossRedisHubSmallBuffer(t *testing.T) {
+	c := smallBufferCase(t)
+	tg, _ := redishubTarget(t, hub.Options{BufferLength: c.buffer, MessageTTL: -1}, 3)
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) {
+			r := runLoss(t, tg, tr, c)
+			r.log(t, "redishub", tr.name, c)
+			if r.skips != 0 {
+				t.Errorf("%d silent skips over %d messages; want a gap signal before each", r.skips, r.skipMissed)
+			}
+			if r.lastSeq != c.messages || r.received+r.gapMissed != c.messages {
+				t.Errorf("received %d, missed %d after gap signals, last %d; want them to add up to %d",
+					r.received, r.gapMissed, r.lastSeq, c.messages)
+			}
+			if r.gaps != r.lagged || r.lagged == 0 {
+				t.Errorf("%d gap signals for %d reconnections after the buffer moved on; want one each", r.gaps, r.lagged)
+			}
+		})
+	}
+}
+
 // TestLossNchan: the same as TestLossHub on Nchan behind nginx.
 func TestLossNchan(t *testing.T) {
 	c := fullBufferCase(t)
