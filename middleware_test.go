@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 
+	"go.uber.org/goleak"
+
 	"github.com/gorilla/securecookie"
 	"github.com/gorilla/sessions"
 
@@ -436,14 +438,16 @@ func TestNewRelayConfig(t *testing.T) {
 
 // TestShutdownEndsEmbeddedRelay: whichever way the embedded relay was built
 // (by New from Config.Hub, or by the application and passed as
-// Config.Relay), Manager.Shutdown ends its listeners, and no goroutine is
-// left (the package's TestMain checks with goleak).
+// Config.Relay), Manager.Shutdown ends its listeners, and once the test's
+// own server is closed no goroutine is left (goleak, in each case; the
+// package's TestMain checks again at the end).
 func TestShutdownEndsEmbeddedRelay(t *testing.T) {
 	for name, r := range map[string]relay.Relay{
 		"built by New": nil,
 		"Config.Relay": hub.New(hub.Options{}),
 	} {
 		t.Run(name, func(t *testing.T) {
+			ignore := goleak.IgnoreCurrent()
 			a := newApp(t, func(c *sessionpush.Config) { c.Relay = r })
 			b := a.browser().login("alice")
 			sub := b.subscribe()
@@ -462,6 +466,9 @@ func TestShutdownEndsEmbeddedRelay(t *testing.T) {
 			if _, err := a.mgr.Relay().Open(context.Background(), sub.Channel); !errors.Is(err, relay.ErrClosed) {
 				t.Errorf("Open after Shutdown: %v, want relay.ErrClosed", err)
 			}
+			a.srv.Close()
+			b.c.CloseIdleConnections()
+			goleak.VerifyNone(t, ignore)
 		})
 	}
 }

@@ -3,15 +3,6 @@ package hub
 import (
 	"context"
 	"net/http"
-	"time"
-
-	"github.com/sessionpush/sessionpush/relay"
-)
-
-var (
-	hello     = []byte(": hi\n\n")
-	heartbeat = []byte(": \n\n")
-	gone      = []byte(":410: 410 Gone\n\n")
 )
 
 const eventStreamType = "text/event-stream; charset=utf-8"
@@ -24,73 +15,26 @@ func (l *listener) eventSource(ctx context.Context) error {
 	l.w.Header().Set("Content-Type", eventStreamType)
 	l.w.WriteHeader(http.StatusOK) // sent with hello, under its deadline
 	l.wrote = true
-	return l.events(ctx.Done(), l.send)
-}
-
-// events is the EventSource stream after its headers, written with send.
-// The heartbeat timer is not reset at each write: when it fires after a
-// write, it is set for the rest of the silence, so that a delivery costs no
-// timer update.
-func (l *listener) events(done <-chan struct{}, send func([]byte) error) error {
-	if err := send(hello); err != nil {
+	if err := l.send(hello); err != nil {
 		return err
 	}
-	d := l.hub.opts.Heartbeat
-	t, beat := timer(d)
-	if t != nil {
-		defer t.Stop()
-	}
-	wrote := time.Now() // the last write
-	for {
-		m, gap, err := l.await(done, beat)
-		switch {
-		case err == errGone:
-			if err := send(gone); err != nil {
-				return err
-			}
-			l.hub.stats.gone.Add(1)
-			return nil
-		case m != nil:
-			b := m.frame
-			if gap {
-				b = append(gapEventFrame(l.pos), m.frame...)
-			}
-			err = send(b)
-			l.pos = m.pos
-			if err == nil {
-				l.delivered(gap)
-				if t != nil {
-					wrote = time.Now()
-				}
-			}
-		default:
-			select {
-			case <-done:
-				return nil
-			default:
-			}
-			if silence := time.Since(wrote); silence < d {
-				t.Reset(d - silence)
-				continue
-			}
-			err = send(heartbeat)
-			wrote = time.Now()
-			t.Reset(d)
-		}
-		if err != nil {
-			return err
-		}
-	}
+	w := new(flushedStream)
+	w.start(l, ctx.Done(), l.hub.opts.Heartbeat, w.heartbeat)
+	defer w.stop()
+	return l.serve(w)
 }
 
-// gapEventFrame returns the event that tells a listener at pos that messages
-// after it were dropped: named "gap", pos as data, no id. Room is left for
-// the frame that follows.
-func gapEventFrame(pos relay.MessageID) []byte {
-	b := make([]byte, 0, 128)
-	b = append(b, "event: "+gapEvent+"\ndata: "...)
-	b = append(b, pos.String()...)
-	return append(b, "\n\n"...)
+// flushedStream is the wire of an EventSource stream on the
+// ResponseWriter: each write is flushed.
+type flushedStream struct{ waiter }
+
+func (w *flushedStream) write(d delivery) error { return w.l.send(d.b) }
+
+func (w *flushedStream) heartbeat() (bool, error) { return false, w.l.send(heartbeat) }
+
+func (w *flushedStream) gone() (bool, error) {
+	err := w.l.send(gone)
+	return err == nil, err
 }
 
 // send writes b and flushes it within Options.WriteTimeout; the deadline

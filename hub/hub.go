@@ -1,7 +1,6 @@
 package hub
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -419,12 +418,12 @@ func (h *Hub) ServeListener(w http.ResponseWriter, r *http.Request, channel stri
 	webSocket := isWebSocket(r)
 	eventStream := !webSocket && acceptsEventStream(r)
 	longPoll := !webSocket && !eventStream
-	tr := transportLongPoll
+	tr, enc := transportLongPoll, encLongPoll
 	switch {
 	case webSocket:
-		tr = transportWebSocket
+		tr, enc = transportWebSocket, encWebSocket // or a meta encoding, as the subprotocol says (see webSocket)
 	case eventStream:
-		tr = transportEventSource
+		tr, enc = transportEventSource, encEventSource
 	}
 	if longPoll {
 		hdr.Add("Vary", "If-None-Match, If-Modified-Since")
@@ -465,7 +464,7 @@ func (h *Hub) ServeListener(w http.ResponseWriter, r *http.Request, channel stri
 		}
 	}()
 
-	l := &listener{hub: h, ch: c, w: w, rc: http.NewResponseController(w), pos: pos, channel: channel, transport: tr}
+	l := &listener{hub: h, ch: c, w: w, rc: http.NewResponseController(w), pos: pos, channel: channel, transport: tr, enc: enc}
 	var err error
 	switch {
 	case webSocket:
@@ -630,18 +629,7 @@ func (c *chanState) stamp(m *message, now time.Time) {
 // from it. The caller holds c.mu for writing.
 func (c *chanState) label(m *message, id relay.MessageID) {
 	c.last = id
-
-	var line [maxIDLine]byte
-	b := append(line[:0], "id: "...)
-	b = strconv.AppendInt(b, id.Time, 10)
-	b = append(strconv.AppendInt(append(b, ':'), id.Tag, 10), '\n')
-	start := maxIDLine - len(b) // frame holds len(eventLine)+maxIDLine bytes before the data lines
-	copy(m.frame[start:], m.eventLine)
-	copy(m.frame[start+len(m.eventLine):], b)
-	m.frame = m.frame[start:]
-	m.id = string(b[4 : len(b)-1])
-	m.etag = m.id[strings.IndexByte(m.id, ':')+1:]
-	m.pos = id
+	m.setID(id)
 
 	if c.modStr == "" || c.modSec != id.Time {
 		c.modSec, c.modStr = id.Time, time.Unix(id.Time, 0).UTC().Format(http.TimeFormat)
@@ -738,8 +726,8 @@ func (c *chanState) close() {
 }
 
 // message is one published message with everything its listeners need,
-// computed once, at publish; the ws+meta.nchan frame is built for each
-// write (see appendMetaFrame).
+// computed once, at publish; a ws+meta frame is built for each write (see
+// encoding.encode).
 type message struct {
 	pos         relay.MessageID
 	id          string // pos as "<unix-seconds>:<tag>"
@@ -760,115 +748,9 @@ type message struct {
 	linked     bool
 }
 
-// maxIDLine is the longest "id:" line of an EventSource event.
-const maxIDLine = len("id: 9223372036854775807:9223372036854775807\n")
-
-// newMessage copies m's body and prepares its EventSource data lines, in
-// one allocation: room for the event and id lines that stamp writes
-// (len(eventLine)+maxIDLine bytes), then the data lines. A body without
-// line breaks is one data line, and the message keeps it there, as a slice
-// of the frame; a body with line breaks is kept as sent too, before the
-// frame.
-func newMessage(m relay.Message) *message {
-	msg := &message{contentType: m.ContentType, length: strconv.Itoa(len(m.Body))}
-	if m.Event != "" {
-		msg.eventLine = "event: " + m.Event + "\n"
-	}
-	dataAt := len(msg.eventLine) + maxIDLine
-	b := len(m.Body)
-	if bytes.IndexByte(m.Body, '\n') < 0 && bytes.IndexByte(m.Body, '\r') < 0 {
-		buf := make([]byte, dataAt, dataAt+len("data: ")+b+len("\n\n"))
-		buf = append(buf, "data: "...)
-		at := len(buf)
-		msg.frame = append(append(buf, m.Body...), "\n\n"...)
-		msg.body = msg.frame[at : at+b : at+b]
-		msg.size = int64(cap(buf)) + messageOverhead
-		return msg
-	}
-	breaks := bytes.Count(m.Body, []byte{'\n'}) + bytes.Count(m.Body, []byte{'\r'})
-	buf := make([]byte, b+dataAt, 2*b+dataAt+(breaks+1)*len("data: \n")+1)
-	msg.body = buf[:copy(buf, m.Body):b]
-	msg.frame = appendData(buf, m.Body)[b:]
-	msg.size = int64(cap(buf)) + messageOverhead
-	return msg
-}
-
-// appendData appends body as EventSource data lines and the blank line that
-// ends the event. Lines end at LF, CRLF or CR, as EventSource parsers split
-// them, so no body can end an event early or forge a field.
-func appendData(dst, body []byte) []byte {
-	next := func(b []byte) int { return bytes.IndexByte(b, '\n') } // the common case, fast
-	if bytes.IndexByte(body, '\r') >= 0 {
-		next = func(b []byte) int { return bytes.IndexAny(b, "\r\n") }
-	}
-	for {
-		i := next(body)
-		if i < 0 {
-			break
-		}
-		dst = append(append(append(dst, "data: "...), body[:i]...), '\n')
-		if body[i] == '\r' && i+1 < len(body) && body[i+1] == '\n' {
-			i++
-		}
-		body = body[i+1:]
-	}
-	dst = append(append(append(dst, "data: "...), body...), '\n')
-	return append(dst, '\n')
-}
-
 func (m *message) live(now time.Time) bool {
 	return m.expires.IsZero() || now.Before(m.expires)
 }
-
-// listener is one ServeListener call in progress, or a hijacked
-// EventSource stream.
-type listener struct {
-	hub       *Hub
-	ch        *chanState
-	w         http.ResponseWriter // nil once hijacked
-	rc        *http.ResponseController
-	pos       relay.MessageID // the newest message delivered, or the resume position
-	channel   string
-	transport transport
-	wrote     bool      // the response started: a later failure is a write's
-	due       time.Time // the deadline of the write under way; zero: none
-}
-
-// await returns the next message after l.pos, waiting until one is
-// published, expire fires or done is closed (nil, nil), or the channel ends
-// (nil, errGone). gap reports that messages between l.pos and m were
-// dropped (see chanState.next).
-func (l *listener) await(done <-chan struct{}, expire <-chan time.Time) (m *message, gap bool, err error) {
-	for {
-		m, w, gap, closed := l.ch.next(l.pos)
-		switch {
-		case closed:
-			return nil, false, errGone
-		case m != nil:
-			return m, gap, nil
-		}
-		select {
-		case <-w.c:
-			if m := w.sent(l.pos); m != nil {
-				return m, gap, nil
-			}
-		case <-expire:
-			return nil, false, nil
-		case <-done:
-			return nil, false, nil
-		}
-	}
-}
-
-// delivered counts m as delivered and, with gap, the gap signalled before it.
-func (l *listener) delivered(gap bool) {
-	if gap {
-		l.hub.stats.gaps.Add(1)
-	}
-	l.hub.stats.deliveries.Add(1)
-}
-
-var errGone = errors.New("channel closed")
 
 // deadline bounds the next write to the listener by Options.WriteTimeout, or
 // clears the connection's deadline when there is no bound. A ResponseWriter

@@ -10,55 +10,53 @@ import (
 // Options.LongPollTimeout (then 408). A channel that ends first is answered
 // 410; a request that ends first gets nothing.
 func (l *listener) longPoll(ctx context.Context) error {
-	t, expire := timer(l.hub.opts.LongPollTimeout)
-	if t != nil {
-		defer t.Stop()
-	}
 	// No deadline while waiting: over HTTP/2 an http.Server WriteTimeout
 	// would reset the stream in the middle of the wait.
 	l.undeadline()
-	m, gap, err := l.await(ctx.Done(), expire)
-	switch {
-	case err == errGone:
-		l.deadline()
-		reply(l.w, http.StatusGone, "")
-		l.hub.stats.gone.Add(1)
-		return nil
-	case m == nil && ctx.Err() != nil:
-		return nil
-	case m == nil:
-		l.deadline()
-		reply(l.w, http.StatusRequestTimeout, "")
-		l.hub.stats.expired.Add(1)
-		return nil
-	}
-	h := l.w.Header()
-	if m.contentType != "" {
-		h.Set("Content-Type", m.contentType)
-	} else {
-		h["Content-Type"] = nil // no sniffed type: Nchan sends none
-	}
-	h.Set("Content-Length", m.length)
-	h.Set("Last-Modified", m.modified)
-	h.Set("Etag", m.etag)
-	if gap {
-		h.Set("X-Gap", l.pos.String())
-	}
-	l.deadline()
-	l.w.WriteHeader(http.StatusOK)
-	l.wrote = true
-	if _, err = l.w.Write(m.body); err != nil {
+	w := &pollAnswer{}
+	w.once = true
+	w.start(l, ctx.Done(), l.hub.opts.LongPollTimeout, w.expire)
+	defer w.stop()
+	if err := l.serve(w); err != nil || !l.wrote {
 		return err
 	}
-	// Counted before the flush, so that no client sees a message that the
-	// stats do not count yet; a flush that fails then ends the listener as
-	// a failed write.
-	l.delivered(gap)
-	// Written within the deadline: over HTTP/2 the stream ends when the
-	// handler returns, not before the last byte is on its way.
-	if err = l.rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+	// The message was counted before this flush, so that no client sees a
+	// message that the stats do not count yet; a flush that fails then ends
+	// the listener as a failed write. Written within the deadline: over
+	// HTTP/2 the stream ends when the handler returns, not before the last
+	// byte is on its way.
+	if err := l.rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
 		return err
 	}
 	l.undeadline()
 	return nil
+}
+
+// pollAnswer is the wire of a long-poll: one answer, whose headers the
+// encoding has set.
+type pollAnswer struct{ waiter }
+
+// write starts the 200 answer with the message's body; longPoll flushes it
+// once it is counted.
+func (w *pollAnswer) write(d delivery) error {
+	l := w.l
+	l.deadline()
+	l.w.WriteHeader(http.StatusOK)
+	l.wrote = true
+	_, err := l.w.Write(d.b)
+	return err
+}
+
+// expire answers 408 when no message came within Options.LongPollTimeout.
+func (w *pollAnswer) expire() (bool, error) {
+	w.l.deadline()
+	reply(w.l.w, http.StatusRequestTimeout, "")
+	w.l.hub.stats.expired.Add(1)
+	return true, nil
+}
+
+func (w *pollAnswer) gone() (bool, error) {
+	w.l.deadline()
+	reply(w.l.w, http.StatusGone, "")
+	return true, nil
 }

@@ -17,9 +17,6 @@ var _ relay.StatsReporter = (*Hub)(nil)
 // EventSource listeners.
 var ErrReservedEvent = errors.New("reserved event name")
 
-// gapEvent names the EventSource event that signals a gap.
-const gapEvent = "gap"
-
 // transport is how a listener is served.
 type transport uint8
 

@@ -2,6 +2,7 @@ package hub
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync/atomic"
 	"time"
@@ -95,7 +96,7 @@ const inlineDispatch = 4
 const dispatchChunk = 1024
 
 // dispatch writes m to the streams that were parked when it was published,
-// each of which follows its position at once (see hstream.deliver). Large
+// each of which follows its position at once (see hstream.push). Large
 // sets are shared among several goroutines.
 func dispatch(parked []*hstream, m *message, chunk int) {
 	for len(parked) > chunk {
@@ -105,12 +106,12 @@ func dispatch(parked []*hstream, m *message, chunk int) {
 	deliverAll(parked, m)
 }
 
-// deliverAll delivers m to a batch of streams of one channel (see
-// deliver), then parks again those that are caught up, under one lock.
+// deliverAll delivers m to a batch of streams of one channel (see push),
+// then parks again those that are caught up, under one lock.
 func deliverAll(batch []*hstream, m *message) {
 	done := batch[:0] // written in full: to park, or to go on
 	for _, s := range batch {
-		if s.deliver(m) {
+		if s.push(m) {
 			done = append(done, s)
 		}
 	}
@@ -131,104 +132,100 @@ func deliverAll(batch []*hstream, m *message) {
 	}
 }
 
-// deliver writes m, the message after s's position, as far as the socket
-// takes it at once, and reports whether it took it all; otherwise a run
-// goroutine takes over, or the stream has ended. The caller has the turn.
-func (s *hstream) deliver(m *message) bool {
+// push is the delivery of a parked stream, Publish's fast path: it writes
+// m, the message after s's position, as the stream's encoding makes it (as
+// listener.deliver does), as far as the socket takes it at once, and
+// reports whether it took it all; otherwise a run goroutine takes over, or
+// the stream has ended. The caller has the turn.
+func (s *hstream) push(m *message) bool {
 	if s.ended.Load() {
 		s.finish()
 		return false
 	}
-	b, gap := m.frame, s.gap
-	if gap {
-		b = append(gapEventFrame(s.l.pos), m.frame...)
-	}
+	d := s.l.encode(m, s.gap)
 	s.gap = false
-	s.l.pos = m.pos
-	rest, err := s.cw.tryAll(b)
+	rest, err := s.cw.tryAll(d.b)
 	switch {
 	case err != nil:
+		d.release()
 		s.err = err
 		s.finish()
 		return false
 	case rest != nil:
-		go s.runRest(rest, gap)
+		go s.runRest(rest, d)
 		return false
 	}
-	s.sent(gap)
+	d.release()
+	s.wrote.Store(time.Now().UnixNano())
+	s.l.delivered(d.gap)
 	return true
 }
 
-// sent records a delivery written in full.
-func (s *hstream) sent(gap bool) {
-	s.wrote.Store(time.Now().UnixNano())
-	s.l.delivered(gap)
-}
-
-// runRest finishes writing a delivery the socket did not take at once,
-// then goes on as run.
-func (s *hstream) runRest(rest []byte, gap bool) {
-	if err := s.cw.write(rest); err != nil {
-		s.err = err
+// runRest finishes writing d, of which the socket did not take rest at
+// once, then goes on as run.
+func (s *hstream) runRest(rest []byte, d delivery) {
+	err := s.put(rest)
+	d.release()
+	if err != nil {
 		s.finish()
 		return
 	}
-	s.sent(gap)
+	s.l.delivered(d.gap)
 	s.run(nil)
 }
 
 // run writes pending, if any, then every message after the stream's
-// position, each write waiting within Options.WriteTimeout, until the
-// stream is caught up and parked, or ends. It has the turn.
+// position through the delivery loop (listener.serve), each write waiting
+// within Options.WriteTimeout, until the stream is caught up and parked,
+// or ends. It has the turn.
 func (s *hstream) run(pending []byte) {
-	if pending != nil && !s.write(pending) {
+	if pending != nil && s.put(pending) != nil {
 		s.finish()
 		return
 	}
-	for {
-		m, gap, park := s.nextOrPark()
-		switch {
-		case park:
-			return
-		case s.ended.Load():
-			s.finish()
-			return
-		case m == nil: // the channel closed
-			if s.write(gone) {
-				s.l.hub.stats.gone.Add(1)
-			}
-			s.finish()
-			return
-		}
-		b := m.frame
-		if gap {
-			b = append(gapEventFrame(s.l.pos), m.frame...)
-		}
-		s.l.pos = m.pos
-		if !s.write(b) {
-			s.finish()
-			return
-		}
-		s.l.delivered(gap)
+	if s.l.serve(s) != errParked { // once parked, the stream is no longer this goroutine's
+		s.finish()
 	}
 }
 
-// nextOrPark returns the next message after the stream's position, and
-// whether messages were dropped before it; or parks the stream (park) when
-// there is none, keeping the gap for the next message. It returns nil, not
-// parking, when the channel is closed or the client has gone.
-func (s *hstream) nextOrPark() (m *message, gap, park bool) {
+// errParked ends the delivery loop of a stream that is caught up and
+// parked.
+var errParked = errors.New("parked")
+
+// next returns the next message after the stream's position, and whether
+// messages were dropped before it; or parks the stream (errParked) when
+// there is none, keeping the gap for the next message. Without a message
+// it returns errGone when the channel is closed, nil when the client has
+// gone.
+func (s *hstream) next() (*message, bool, error) {
 	c := s.l.ch
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed || s.ended.Load() {
-		return nil, false, false
+	closed := c.closed
+	var m *message
+	var gap bool
+	if !closed && !s.ended.Load() {
+		if m, gap = c.after(s.l.pos); m == nil {
+			s.park(gap)
+			c.mu.Unlock()
+			return nil, false, errParked
+		}
 	}
-	if m, gap = c.after(s.l.pos); m != nil {
-		return m, gap, false
+	c.mu.Unlock()
+	switch {
+	case s.ended.Load():
+		return nil, false, nil
+	case closed:
+		return nil, false, errGone
 	}
-	s.park(gap)
-	return nil, false, true
+	return m, gap, nil
+}
+
+// write writes d, waiting within Options.WriteTimeout.
+func (s *hstream) write(d delivery) error { return s.put(d.b) }
+
+func (s *hstream) gone() (bool, error) {
+	err := s.put(gone)
+	return err == nil, err
 }
 
 // parkLocked parks the stream if it is caught up, the channel open and the
@@ -255,15 +252,15 @@ func (s *hstream) park(gap bool) {
 	s.gap = gap
 }
 
-// write writes b, waiting within Options.WriteTimeout, and reports whether
-// it did.
-func (s *hstream) write(b []byte) bool {
+// put writes b, waiting within Options.WriteTimeout; a failure is kept
+// for finish.
+func (s *hstream) put(b []byte) error {
 	if err := s.cw.write(b); err != nil {
 		s.err = err
-		return false
+		return err
 	}
 	s.wrote.Store(time.Now().UnixNano())
-	return true
+	return nil
 }
 
 // heartbeat sends a comment after Options.Heartbeat of silence, if the

@@ -5,11 +5,8 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"sync"
 
 	"github.com/coder/websocket"
-
-	"github.com/sessionpush/sessionpush/relay"
 )
 
 const (
@@ -24,10 +21,6 @@ const (
 	// name does not start with metaProtocol's, since Nchan takes any
 	// offer that starts so for its own.
 	gapProtocol = "ws+meta.sessionpush"
-
-	// binaryType is the message Content-Type sent as binary frames; every
-	// other message is a text frame, as on Nchan.
-	binaryType = "application/octet-stream"
 )
 
 // webSocket upgrades the request, then sends every message after l.pos as
@@ -62,77 +55,51 @@ func (l *listener) webSocket(r *http.Request) error {
 	// client's close; ctx ends with the connection. A data message from
 	// the client closes it with 1008, as nothing is expected.
 	ctx := conn.CloseRead(r.Context())
-	proto := conn.Subprotocol() // as the client spelled it
-	meta := strings.EqualFold(proto, metaProtocol) || strings.EqualFold(proto, gapProtocol)
-	gapLines := strings.EqualFold(proto, gapProtocol)
-
-	d := l.hub.opts.Heartbeat
-	t, beat := timer(d)
-	if t != nil {
-		defer t.Stop()
-	}
-	for {
-		m, gap, err := l.await(ctx.Done(), beat)
-		switch {
-		case err == errGone:
-			l.hub.stats.gone.Add(1) // the close handshake may fail: the client is told either way
-			return conn.Close(websocket.StatusGoingAway, "410 Gone")
-		case m != nil:
-			gap = gap && gapLines // Nchan's frames and a plain WebSocket have no way to tell
-			err = l.writeFrame(ctx, conn, m, meta, gap)
-			if err == nil {
-				l.delivered(gap)
-			}
-			l.pos = m.pos
-		case ctx.Err() != nil:
-			return nil // the client closed or went away
-		default:
-			err = l.ping(ctx, conn)
-		}
-		if err != nil {
-			return err
-		}
-		if t != nil {
-			t.Reset(d)
-		}
-	}
+	l.enc = webSocketEncoding(conn.Subprotocol())
+	w := &wsConn{ctx: ctx, conn: conn}
+	w.start(l, ctx.Done(), l.hub.opts.Heartbeat, w.ping)
+	defer w.stop()
+	return l.serve(w)
 }
 
-// writeFrame sends m as one frame within Options.WriteTimeout: binary when
-// its Content-Type is application/octet-stream, else text; its body, or
-// with ws+meta.nchan or ws+meta.sessionpush its meta frame (see
-// appendMetaFrame, with the gap line only when gap is set), built for this
-// write in a pooled buffer so that no message holds a second copy of its
-// body. A write that times out closes the connection.
-func (l *listener) writeFrame(ctx context.Context, conn *websocket.Conn, m *message, meta, gap bool) error {
-	typ, b := websocket.MessageText, m.body
-	if m.contentType == binaryType {
+// webSocketEncoding returns the encoding for the subprotocol that the
+// client chose, as it spelled it.
+func webSocketEncoding(proto string) encoding {
+	switch {
+	case strings.EqualFold(proto, gapProtocol):
+		return encWebSocketGap
+	case strings.EqualFold(proto, metaProtocol):
+		return encWebSocketMeta
+	}
+	return encWebSocket
+}
+
+// wsConn is the wire of a WebSocket listener.
+type wsConn struct {
+	waiter
+	ctx  context.Context // ends with the connection
+	conn *websocket.Conn
+}
+
+// write sends d as one frame within Options.WriteTimeout, binary or text as
+// the encoding says. A write that times out closes the connection.
+func (w *wsConn) write(d delivery) error {
+	typ := websocket.MessageText
+	if d.binary {
 		typ = websocket.MessageBinary
 	}
-	if meta {
-		buf := metaBufs.Get().(*[]byte)
-		defer func() {
-			if cap(*buf) <= maxPooledFrame {
-				metaBufs.Put(buf)
-			}
-		}()
-		var after *relay.MessageID
-		if gap {
-			after = &l.pos
-		}
-		b = appendMetaFrame((*buf)[:0], m, after)
-		*buf = b
-	}
-	ctx, cancel := l.bound(ctx)
+	ctx, cancel := w.l.bound(w.ctx)
 	defer cancel()
-	return conn.Write(ctx, typ, b)
+	return w.conn.Write(ctx, typ, d.b)
 }
 
-// metaBufs holds the buffers that ws+meta.nchan frames are built in; one
-// that grew past maxPooledFrame is left to the garbage collector.
-var metaBufs = sync.Pool{New: func() any { return new([]byte) }}
+func (w *wsConn) ping() (bool, error) { return false, w.l.ping(w.ctx, w.conn) }
 
-const maxPooledFrame = 64 << 10
+// gone closes the connection with 1001 "410 Gone". The close handshake may
+// fail: the client is told either way.
+func (w *wsConn) gone() (bool, error) {
+	return true, w.conn.Close(websocket.StatusGoingAway, "410 Gone")
+}
 
 // ping sends a ping and waits for the pong within Options.WriteTimeout; the
 // reading goroutine takes the pong.
@@ -148,30 +115,6 @@ func (l *listener) bound(ctx context.Context) (context.Context, context.CancelFu
 		return context.WithTimeout(ctx, d)
 	}
 	return ctx, func() {}
-}
-
-// appendMetaFrame appends m as a ws+meta.nchan frame: "id: <id>\n", then
-// "content-type: <type>\n" if m has one, then, when gap is not nil (only for
-// ws+meta.sessionpush), the hub's "gap: <gap>\n" line, a blank line and the
-// body. CR and LF in the
-// Content-Type become spaces, as net/http writes them in headers, so that
-// it cannot add lines.
-func appendMetaFrame(dst []byte, m *message, gap *relay.MessageID) []byte {
-	dst = append(append(dst, "id: "...), m.id...)
-	if m.contentType != "" {
-		dst = append(dst, "\ncontent-type: "...)
-		at := len(dst)
-		dst = append(dst, m.contentType...)
-		for i := at; i < len(dst); i++ {
-			if dst[i] == '\r' || dst[i] == '\n' {
-				dst[i] = ' '
-			}
-		}
-	}
-	if gap != nil {
-		dst = append(append(dst, "\ngap: "...), gap.String()...)
-	}
-	return append(append(dst, "\n\n"...), m.body...)
 }
 
 // isWebSocket reports whether r asks to upgrade to WebSocket: Connection

@@ -16,7 +16,7 @@ import (
 	"github.com/sessionpush/sessionpush/relay"
 )
 
-// nchanConf is derived from shared/nchan-conf/nginx.conf: publisher at
+// nchanConf is the tested Nchan configuration: publisher at
 // /pub/<id> (buffering {{.Buffer}} messages) and /pub?id=, /pub_small/<id>
 // with a 1 KiB body limit, the subscriber at /sub/<id> for existing
 // channels only. With a Redis address every location uses that Redis, with
