@@ -30,14 +30,16 @@ var (
 // StatusError is the error that the kit's handlers pass to
 // Config.ErrorHandler: the HTTP status to answer and its cause.
 type StatusError struct {
-	Status int
-	Err    error
+	Status int   // the HTTP status answered, e.g. http.StatusForbidden
+	Err    error // the cause, for logs only: browsers get the status text
 }
 
+// Error reports the status and its cause.
 func (e *StatusError) Error() string {
 	return fmt.Sprintf("sessionpush: %d %s: %v", e.Status, http.StatusText(e.Status), e.Err)
 }
 
+// Unwrap returns the cause, for errors.Is and errors.As.
 func (e *StatusError) Unwrap() error { return e.Err }
 
 // fail counts and logs the refusal of r by handler h, then hands err to
