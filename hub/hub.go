@@ -167,7 +167,7 @@ func (h *Hub) Open(ctx context.Context, channel string) (string, error) {
 	}
 	c := h.channels[channel]
 	if c == nil {
-		c = &chanState{wake: newWake(), maxListeners: h.opts.MaxListeners, budget: &h.budget}
+		c = &chanState{maxListeners: h.opts.MaxListeners, budget: &h.budget}
 		h.channels[channel] = c
 		h.stats.channels.Add(1)
 	}
@@ -237,10 +237,11 @@ func (h *Hub) appendLocked(c *chanState, msg *message, now time.Time) relay.Rece
 		c.dropped = msg.pos // never buffered
 	}
 	c.prune(now, h.opts.BufferLength)
-	w := c.wake
-	c.wake = newWake()
-	w.msg = msg
-	close(w.c)
+	if w := c.wake; w != nil {
+		c.wake = nil // the next waiter makes the next one
+		w.msg = msg
+		close(w.c)
+	}
 	parked := c.parked
 	c.parked = nil
 	receipt := relay.Receipt{ID: msg.id, Listeners: c.listeners, Queued: len(c.msgs)}
@@ -579,7 +580,10 @@ func (h *Hub) lookup(op, name string) (*chanState, error) {
 }
 
 // chanState is one open channel: its buffer, oldest first, and the wake that
-// fires at its next message or its end.
+// fires at its next message or its end, made by the first listener that waits
+// for it (nil while none does: idle hijacked streams are parked instead, so
+// a channel whose listeners all idle that way, and a publish that nobody
+// waits for, allocate none).
 type chanState struct {
 	mu           sync.RWMutex
 	msgs         []*message
@@ -662,13 +666,31 @@ func (c *chanState) prune(now time.Time, keep int) {
 // or expired there.
 func (c *chanState) next(pos relay.MessageID) (m *message, w *wake, gap, closed bool) {
 	c.mu.RLock()
-	defer c.mu.RUnlock()
 	if c.closed {
+		c.mu.RUnlock()
 		return nil, nil, false, true
 	}
 	m, gap = c.after(pos)
-	if m != nil {
+	w = c.wake
+	c.mu.RUnlock()
+	switch {
+	case m != nil:
 		return m, nil, gap, false
+	case w != nil:
+		return nil, w, gap, false
+	}
+	// No wake yet: make it under the write lock, after looking again, as a
+	// message or the end may have come meanwhile.
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, nil, false, true
+	}
+	if m, gap = c.after(pos); m != nil {
+		return m, nil, gap, false
+	}
+	if c.wake == nil {
+		c.wake = newWake()
 	}
 	return nil, c.wake, gap, false
 }
@@ -718,7 +740,10 @@ func (c *chanState) close() {
 		c.budget.remove(m)
 	}
 	c.msgs = nil
-	close(c.wake.c)
+	if c.wake != nil {
+		close(c.wake.c)
+		c.wake = nil
+	}
 	for _, s := range c.parked {
 		go s.run(nil) // finds the channel closed, and ends the stream
 	}

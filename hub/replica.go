@@ -36,7 +36,7 @@ func (h *Hub) OpenReplica(channel string, from relay.MessageID) (bool, error) {
 	if h.channels[channel] != nil {
 		return false, nil
 	}
-	h.channels[channel] = &chanState{wake: newWake(), maxListeners: h.opts.MaxListeners, budget: &h.budget,
+	h.channels[channel] = &chanState{maxListeners: h.opts.MaxListeners, budget: &h.budget,
 		last: from, dropped: from}
 	h.stats.channels.Add(1)
 	return true, nil
@@ -120,9 +120,10 @@ func (h *Hub) DropUntil(channel string, id relay.MessageID) error {
 	}
 	// Waiting listeners wake without a message, and look again: they find
 	// the gap.
-	w := c.wake
-	c.wake = newWake()
-	close(w.c)
+	if w := c.wake; w != nil {
+		c.wake = nil
+		close(w.c)
+	}
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 
@@ -32,7 +33,7 @@ func (r *Relay) syncLoop() {
 // for the listener cap, and closes the replicas that have had no listener
 // for Options.ReplicaGrace. Tests call it to await a count.
 func (r *Relay) Sync(ctx context.Context) error {
-	now := time.Now()
+	mono := r.mono(time.Now())
 	type item struct {
 		rp    *replica
 		n     int
@@ -58,10 +59,10 @@ func (r *Relay) Sync(ctx context.Context) error {
 		it := item{rp: rp, n: n, req: req}
 		switch {
 		case n > 0 || rp.pending > 0:
-			rp.idleSince = time.Time{}
-		case rp.idleSince.IsZero():
-			rp.idleSince = now
-		case now.Sub(rp.idleSince) >= r.opts.ReplicaGrace:
+			rp.idleSince = 0
+		case rp.idleSince == 0:
+			rp.idleSince = mono
+		case time.Duration(mono-rp.idleSince) >= r.opts.ReplicaGrace:
 			if r.hub.CloseUnlistened(rp.id) {
 				it.close, it.n = true, 0
 				r.forget(rp)
@@ -73,7 +74,8 @@ func (r *Relay) Sync(ctx context.Context) error {
 		rp.mu.Lock()
 		// A channel near its cap is read every time, for the cap's sake.
 		near := rp.cap >= 0 && 2*(n+rp.others) >= rp.cap
-		due := it.close || near || n != rp.synced || !req.Equal(rp.lastReq) || now.Sub(rp.syncAt) >= r.opts.CountTTL/3
+		due := it.close || near || n != int(rp.synced) || unixNano(req) != rp.lastReq ||
+			rp.syncAt == 0 || time.Duration(mono-rp.syncAt) >= r.opts.CountTTL/3
 		rp.mu.Unlock()
 		if due {
 			items = append(items, it)
@@ -95,7 +97,7 @@ func (r *Relay) Sync(ctx context.Context) error {
 			cmds := make([]*redis.Cmd, len(batch))
 			for i, it := range batch {
 				var req int64
-				if !it.req.Equal(it.rp.lastReq) && !it.req.IsZero() {
+				if unixNano(it.req) != it.rp.lastReq && !it.req.IsZero() {
 					req = it.req.UnixMilli()
 				}
 				cmds[i] = syncScript.EvalSha(ctx, p, r.keys(it.rp.id), r.instance, it.n, ttl, req)
@@ -110,7 +112,7 @@ func (r *Relay) Sync(ctx context.Context) error {
 			res, err := cmds[i].Slice()
 			it.rp.mu.Lock()
 			if err == nil || errors.Is(err, redis.Nil) {
-				it.rp.synced, it.rp.lastReq, it.rp.syncAt = it.n, it.req, now
+				it.rp.synced, it.rp.lastReq, it.rp.syncAt = int32(min(it.n, math.MaxInt32)), unixNano(it.req), mono
 			}
 			if err == nil && len(res) == 2 && !it.close {
 				cs, _ := res[0].(string)
@@ -125,4 +127,16 @@ func (r *Relay) Sync(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// mono returns t on the Relay's monotonic clock: nanoseconds since New,
+// plus one, so that zero means never.
+func (r *Relay) mono(t time.Time) int64 { return int64(t.Sub(r.epoch)) + 1 }
+
+// unixNano returns t in Unix nanoseconds, zero for the zero time.
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
 }

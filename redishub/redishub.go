@@ -90,14 +90,20 @@ type Relay struct {
 	opts     Options
 	log      *slog.Logger
 	prefix   string
-	instance string // this Relay's name in the channels' listener counts
-	bufLen   int    // MAXLEN of the streams
-	ttl      int64  // message TTL in ms; 0: forever
+	instance string    // this Relay's name in the channels' listener counts
+	epoch    time.Time // of the replicas' times (mono)
+	bufLen   int       // MAXLEN of the streams
+	ttl      int64     // message TTL in ms; 0: forever
 	maxSize  int
 	defCap   int
 
 	ps    *redis.PubSub
 	subMu sync.Mutex // orders a channel's Subscribe after an earlier replica's Unsubscribe
+
+	openMu     sync.Mutex // guards the three below: see openCtx
+	openCtxv   context.Context
+	openCancel context.CancelFunc // of openCtxv; the older ones expire
+	openFrom   time.Time
 
 	mu       sync.Mutex
 	replicas map[string]*replica
@@ -145,6 +151,7 @@ func New(client redis.UniversalClient, opts Options) (*Relay, error) {
 	r := &Relay{
 		client: client, hub: hub.New(ho), opts: opts, log: log, prefix: opts.Prefix,
 		instance: hex.EncodeToString(b[:]),
+		epoch:    time.Now(),
 		replicas: make(map[string]*replica),
 		stop:     make(chan struct{}),
 		catchUp:  make(chan *replica, 1),
@@ -364,6 +371,11 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 	}
 	r.mu.Unlock()
 	close(r.stop)
+	r.openMu.Lock()
+	if r.openCancel != nil {
+		r.openCancel() // the older ones expire on their own, within subscribeTimeout
+	}
+	r.openMu.Unlock()
 	_ = r.ps.Close()
 	err := r.hub.Shutdown(ctx)
 	r.wg.Wait()

@@ -16,32 +16,47 @@ import (
 )
 
 // replica is one channel's replica on this instance: the hub's channel, its
-// subscription, and the notifications held while it catches up.
+// subscription, and the notifications held while it catches up. An instance
+// holds one per channel with local listeners, for as long as they listen,
+// so it is kept small: its channels are dropped once it is open, its times
+// are nanoseconds of the Relay's monotonic clock (see Relay.mono), and its
+// notification channel's name is derived when needed.
 type replica struct {
-	id     string
-	notify string // its notification channel
+	id string
 
-	// Under Relay.mu.
-	pending   int       // ServeListener calls between admission and the hub
-	idleSince time.Time // when the hub's channel was first seen without listeners; zero: it has some
-	removed   bool
-
-	opened chan struct{} // closed once the replica is open, or failed (err)
-	err    error
-
-	subscribed chan struct{} // closed at the first subscription confirmation
-	confirmed  bool          // under Relay.mu
+	// opened is closed once the replica is open, or failed (err); then,
+	// under Relay.mu, replaced by openedDone. subscribed is closed at the
+	// first subscription confirmation; nil once the replica is open. Both
+	// are read under Relay.mu, but by the open goroutine itself.
+	opened     chan struct{}
+	subscribed chan struct{}
+	err        error
 
 	mu      sync.Mutex // orders the notifications, the snapshots and the close
+	queue   []string   // notifications held while not ready
+	cap     int        // the channel's cap; negative: none
+	others  int        // listeners of other instances, as last read
+	syncAt  int64      // Relay.mono of the count last written; zero: never
+	lastReq int64      // the requested time last written, Unix ns; zero: none
+	synced  int32      // the count last written; -1: never
 	ready   bool       // notifications are applied as they come; else queued
-	queue   []string
-	gone    bool // closed
-	cap     int  // the channel's cap; negative: none
-	others  int  // listeners of other instances, as last read
-	synced  int  // the count last written; -1: never
-	syncAt  time.Time
-	lastReq time.Time // the requested time last written
+	gone    bool       // closed
+
+	// Under Relay.mu.
+	idleSince int64 // Relay.mono when the hub's channel was first seen without listeners; zero: it has some
+	pending   int32 // ServeListener calls between admission and the hub
+	removed   bool
+	confirmed bool
 }
+
+// openedDone is the opened channel of every replica that is open (or
+// failed): one closed channel for all, so that each replica's own is
+// garbage once its opening is over.
+var openedDone = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
 
 // ServeListener serves one listener of channel as the embedded relay does
 // ([hub.Hub.ServeListener]), from this instance's replica of the channel,
@@ -56,14 +71,14 @@ func (r *Relay) ServeListener(w http.ResponseWriter, req *http.Request, channel 
 		r.hub.ServeListener(w, req, channel) // refused as the hub refuses
 		return
 	}
-	rp := r.acquire(channel)
+	rp, opened := r.acquire(channel)
 	if rp == nil { // after Shutdown
 		r.hub.ServeListener(w, req, channel)
 		return
 	}
 	defer r.release(rp)
 	select {
-	case <-rp.opened:
+	case <-opened:
 	case <-req.Context().Done():
 		return
 	}
@@ -80,27 +95,32 @@ func (r *Relay) ServeListener(w http.ResponseWriter, req *http.Request, channel 
 }
 
 // acquire returns the channel's replica, opening it if there is none, and
-// counts the caller in it until release; nil after Shutdown.
-func (r *Relay) acquire(channel string) *replica {
+// its opened channel, and counts the caller in it until release; nil after
+// Shutdown.
+func (r *Relay) acquire(channel string) (*replica, chan struct{}) {
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
-		return nil
+		return nil, nil
 	}
 	rp := r.replicas[channel]
 	if rp == nil {
-		rp = &replica{id: channel, notify: r.notifyName(channel), opened: make(chan struct{}),
+		// A copy of the ID: channel may be a slice of the request's line,
+		// which the replica would keep alive.
+		rp = &replica{id: strings.Clone(channel), opened: make(chan struct{}),
 			subscribed: make(chan struct{}), synced: -1, cap: r.defCap}
-		r.replicas[channel] = rp
+		r.replicas[rp.id] = rp
 		rp.pending++
 		r.wg.Add(1)
+		opened := rp.opened
 		r.mu.Unlock()
 		go r.open(rp)
-		return rp
+		return rp, opened
 	}
 	rp.pending++
+	opened := rp.opened
 	r.mu.Unlock()
-	return rp
+	return rp, opened
 }
 
 func (r *Relay) release(rp *replica) {
@@ -115,10 +135,9 @@ func (r *Relay) release(rp *replica) {
 // message once.
 func (r *Relay) open(rp *replica) {
 	defer r.wg.Done()
-	ctx, cancel := context.WithTimeout(context.Background(), subscribeTimeout)
-	defer cancel()
+	ctx := r.openCtx()
 	r.subMu.Lock()
-	err := r.ps.Subscribe(ctx, rp.notify)
+	err := r.ps.Subscribe(ctx, r.notifyName(rp.id))
 	r.subMu.Unlock()
 	if err == nil {
 		select {
@@ -154,6 +173,27 @@ func (r *Relay) open(rp *replica) {
 		r.remove(rp)
 	}
 	close(rp.opened)
+	r.mu.Lock()
+	rp.opened, rp.subscribed = openedDone, nil
+	r.mu.Unlock()
+}
+
+// openCtx returns the context of a replica's opening: a deadline
+// subscribeTimeout to subscribeTimeout+1s away, shared by the openings that
+// start within the same second. A context of its own for each would keep
+// ~160 bytes per replica reachable until its deadline, cancelled or not
+// (its stopped timer stays in the runtime's timer heap while other timers,
+// such as the listeners' heartbeats, are live): bursts of new listeners
+// would pay for it.
+func (r *Relay) openCtx() context.Context {
+	now := time.Now()
+	r.openMu.Lock()
+	defer r.openMu.Unlock()
+	if r.openCtxv == nil || now.Sub(r.openFrom) >= time.Second {
+		r.openCtxv, r.openCancel = context.WithDeadline(context.Background(), now.Add(subscribeTimeout+time.Second))
+		r.openFrom = now
+	}
+	return r.openCtxv
 }
 
 // remove forgets rp and unsubscribes from its notifications. The hub's
@@ -184,7 +224,7 @@ func (r *Relay) unsubscribe(rp *replica) {
 	r.mu.Unlock()
 	if !skip {
 		ctx, cancel := context.WithTimeout(context.Background(), subscribeTimeout)
-		_ = r.ps.Unsubscribe(ctx, rp.notify)
+		_ = r.ps.Unsubscribe(ctx, r.notifyName(rp.id))
 		cancel()
 	}
 }
@@ -444,11 +484,13 @@ func (r *Relay) confirmed(name string) {
 	}
 	rp.confirmed = true
 	first := false
-	select {
-	case <-rp.subscribed:
-	default:
-		first = true
-		close(rp.subscribed)
+	if rp.subscribed != nil {
+		select {
+		case <-rp.subscribed:
+		default:
+			first = true
+			close(rp.subscribed)
+		}
 	}
 	r.mu.Unlock()
 	if first {

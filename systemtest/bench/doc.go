@@ -15,7 +15,8 @@
 //
 // Parts of it run alone by subtest: -run 'TestSuite/middleware' (figure 1),
 // 'TestSuite/publish' (2), 'TestSuite/fanout' (3 to 5),
-// 'TestSuite/fanout/channels' (3, 4 and the fan-out half of 5).
+// 'TestSuite/fanout/channels' (3, 4 and the fan-out half of 5),
+// 'TestSuite/redishub' (6).
 //
 // Environment:
 //
@@ -23,7 +24,9 @@
 //	SESSIONPUSH_BENCH_LISTENERS      N, listeners of figures 3 to 5
 //	SESSIONPUSH_BENCH_RUNS           measured runs per figure (Middleware: 4×runs+1)
 //	SESSIONPUSH_BENCH_OUT=<file>     also write the table to <file>
-//	SESSIONPUSH_REQUIRE_SERVERS=1    fail instead of skipping when nginx or Nchan is missing
+//	SESSIONPUSH_REQUIRE_SERVERS=1    fail instead of skipping when nginx, Nchan or redis-server is missing
+//	SESSIONPUSH_BENCH_HEAPPROFILE=<dir>  figure 6: write hub-heap.pprof and redishub-heap.pprof
+//	                                 (heap with the idle listeners, first measured round) to <dir>
 //
 // # The figures
 //
@@ -74,6 +77,30 @@
 //     listeners on it): requests to the relay (relay calls for the embedded
 //     relay, HTTP requests for Nchan) and the time from the call to the last
 //     delivery, on both relays.
+//  6. Redis: package redishub on two application instances (one Relay each,
+//     with its own go-redis client, in this process) sharing one
+//     redis-server, against Nchan + Redis on two nginx nodes
+//     (example/nginx/cluster/node1.conf and node2.conf as shipped, only
+//     their addresses replaced; their /authorize goes to a stub that lets
+//     every listener in) sharing another. N channels, N listeners, one per
+//     channel: channel i's listener is on instance (node) i mod 2 and its
+//     message is published through instance ⌊i/2⌋ mod 2, so that half the
+//     messages cross instances. One message to each channel, 8
+//     publishing goroutines, as figure 3; rounds alternate, after a
+//     warm-up round. Deliveries per second, p50/p99 latency, server CPU per
+//     delivery (this process's getrusage, publishing included, for
+//     redishub; the two nginx workers' run time for Nchan; and
+//     redis-server's utime+stime, 10 ms ticks, for both), Redis commands
+//     per message from INFO commandstats deltas (the commands that scripts
+//     call included; INFO itself left out) and the script calls among
+//     them, and redishub's round trips to Redis per publish, counted by a
+//     go-redis hook (outside pipelines: publishing; the counts' sync
+//     pipelines are apart), checked to be exactly one. And memory per idle
+//     listener: this process's VmRSS growth while N listeners connect, for
+//     redishub (two fresh instances, the channels opened in Redis, half
+//     the listeners on each; the replicas are opened by the listeners)
+//     against one embedded hub.Hub (the channels opened in it), in turns,
+//     each torn down before the next, after a warm-up round.
 //
 // # Bounds
 //

@@ -264,6 +264,7 @@ func TestSuite(t *testing.T) {
 	t.Run("middleware", func(t *testing.T) { middlewareFigures(t, cfg, &all) })
 	t.Run("publish", func(t *testing.T) { publishFigures(t, cfg, &all) })
 	t.Run("fanout", func(t *testing.T) { fanoutFigures(t, cfg, &all) })
+	t.Run("redishub", func(t *testing.T) { redishubFigures(t, cfg, &all) })
 	all.mu.Lock()
 	defer all.mu.Unlock()
 	slices.SortStableFunc(all.rs, func(a, b row) int { return strings.Compare(a.fig[:1], b.fig[:1]) })
