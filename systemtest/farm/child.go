@@ -3,6 +3,8 @@ package farm
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -14,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"github.com/sessionpush/sessionpush/relaytest"
 )
@@ -41,6 +45,8 @@ type farmProc struct {
 
 	connected, errs, disconnects, reconnects atomic.Int64
 	firstErr                                 atomic.Value // string
+
+	tls    *tls.Config // nil: plaintext
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -85,6 +91,14 @@ func runFarm() int {
 		return 2
 	}
 	defer p.stop()
+	if p.cfg.Transport != HTTP1 {
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(p.cfg.RootCAs) {
+			p.say(reply{Err: "no certificate in RootCAs"})
+			return 2
+		}
+		p.tls = &tls.Config{RootCAs: pool}
+	}
 
 	if err := p.connectAll(); err != nil {
 		p.say(reply{Err: err.Error()})
@@ -171,7 +185,7 @@ func (p *farmProc) listen(i int, l Listener, sem chan struct{}, up *sync.WaitGro
 	fails := 0 // attempts in a row that brought no event
 	for {
 		sem <- struct{}{}
-		conn, br, err := connect(p.ctx, l, lastID)
+		conn, next, err := p.connect(l, lastID)
 		<-sem
 		if err != nil {
 			if p.ctx.Err() != nil {
@@ -209,7 +223,7 @@ func (p *farmProc) listen(i int, l Listener, sem chan struct{}, up *sync.WaitGro
 		} else {
 			p.reconnects.Add(1)
 		}
-		got := p.read(i, br, &lastID)
+		got := p.read(i, next, &lastID)
 		p.connected.Add(-1)
 		p.untrack(conn)
 		if p.ctx.Err() != nil {
@@ -246,10 +260,10 @@ func (p *farmProc) untrack(c net.Conn) {
 
 // read records listener i's events until its stream ends; it reports
 // whether it got any.
-func (p *farmProc) read(i int, br *bufio.Reader, lastID *string) bool {
+func (p *farmProc) read(i int, next func() (relaytest.Event, bool), lastID *string) bool {
 	got := false
 	for {
-		ev, ok := relaytest.ReadEvent(br)
+		ev, ok := next()
 		if !ok {
 			return got
 		}
@@ -259,6 +273,15 @@ func (p *farmProc) read(i int, br *bufio.Reader, lastID *string) bool {
 			*lastID = ev.ID
 		}
 		key, sent := parseStamp(ev.Data)
+		if p.cfg.StampedOnly && sent == 0 {
+			j := strings.Index(ev.Data, stampPrefix)
+			if j < 0 {
+				continue // not a message: a peer's connect reply or ping
+			}
+			if key, sent = parseStamp(ev.Data[j:]); sent == 0 {
+				continue
+			}
+		}
 		p.record(i, key, sent, now)
 	}
 }
@@ -415,14 +438,45 @@ func (p *farmProc) stop() {
 	p.wg.Wait()
 }
 
-// connect opens an EventSource stream and returns a reader of its body.
-func connect(ctx context.Context, l Listener, lastID string) (net.Conn, *bufio.Reader, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+// connect opens listener l's stream over the farm's transport, resuming
+// from lastID, and returns its connection (under TLS, the TCP connection:
+// closing it ends the stream) and the reader of its events.
+func (p *farmProc) connect(l Listener, lastID string) (net.Conn, func() (relaytest.Event, bool), error) {
+	ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
 	defer cancel()
-	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", l.Addr)
+	switch p.cfg.Transport {
+	case TLS2:
+		return p.connectHTTP2(ctx, l, lastID)
+	case WebSocketTLS:
+		return p.connectWebSocket(ctx, l, lastID)
+	}
+	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", l.Addr)
 	if err != nil {
 		return nil, nil, err
 	}
+	conn := raw
+	if p.cfg.Transport == TLS1 {
+		cfg := p.tls.Clone()
+		cfg.ServerName, _, _ = net.SplitHostPort(l.Addr)
+		cfg.NextProtos = []string{"http/1.1"}
+		tc := tls.Client(raw, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			raw.Close()
+			return nil, nil, err
+		}
+		conn = tc
+	}
+	br, err := sendRequest(conn, l, lastID)
+	if err != nil {
+		raw.Close()
+		return nil, nil, err
+	}
+	return raw, func() (relaytest.Event, bool) { return relaytest.ReadEvent(br) }, nil
+}
+
+// sendRequest sends an EventSource request over conn and returns a reader of
+// its body.
+func sendRequest(conn net.Conn, l Listener, lastID string) (*bufio.Reader, error) {
 	conn.SetDeadline(time.Now().Add(30 * time.Second))
 	var b strings.Builder
 	b.WriteString("GET " + l.Path + " HTTP/1.1\r\nHost: " + l.Addr + "\r\nAccept: text/event-stream\r\n")
@@ -436,20 +490,118 @@ func connect(ctx context.Context, l Listener, lastID string) (net.Conn, *bufio.R
 	}
 	b.WriteString("\r\n")
 	if _, err := conn.Write([]byte(b.String())); err != nil {
-		conn.Close()
-		return nil, nil, err
+		return nil, err
 	}
 	hreq, _ := http.NewRequest(http.MethodGet, "http://"+l.Addr+l.Path, nil)
 	resp, err := http.ReadResponse(bufio.NewReaderSize(conn, 1024), hreq)
 	if err != nil {
-		conn.Close()
-		return nil, nil, err
+		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
 		resp.Body.Close()
-		conn.Close()
-		return nil, nil, fmt.Errorf("GET %s: %s", l.Path, resp.Status)
+		return nil, fmt.Errorf("GET %s: %s", l.Path, resp.Status)
 	}
 	conn.SetDeadline(time.Time{})
-	return conn, bufio.NewReaderSize(resp.Body, 512), nil
+	return bufio.NewReaderSize(resp.Body, 512), nil
+}
+
+// transport returns an HTTP transport of its own for one listener, over
+// TLS with protos, and the TCP connection it dials once that is made.
+func (p *farmProc) transport(protos func(*http.Protocols)) (*http.Transport, chan net.Conn) {
+	dialed := make(chan net.Conn, 1)
+	pr := new(http.Protocols)
+	protos(pr)
+	tr := &http.Transport{
+		TLSClientConfig: p.tls.Clone(),
+		Protocols:       pr,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err == nil {
+				select {
+				case dialed <- c:
+				default:
+				}
+			}
+			return c, err
+		},
+		DisableCompression: true,
+	}
+	return tr, dialed
+}
+
+// connectHTTP2 opens an EventSource stream over HTTP/2, on a connection of
+// its own.
+func (p *farmProc) connectHTTP2(ctx context.Context, l Listener, lastID string) (net.Conn, func() (relaytest.Event, bool), error) {
+	tr, dialed := p.transport(func(pr *http.Protocols) { pr.SetHTTP2(true) })
+	// The stream outlives ctx, which bounds the connection only.
+	req, err := http.NewRequestWithContext(p.ctx, http.MethodGet, "https://"+l.Addr+l.Path, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	if lastID != "" {
+		req.Header.Set("Last-Event-ID", lastID)
+	}
+	for k, vs := range l.Header {
+		req.Header[k] = vs
+	}
+	timer := time.AfterFunc(10*time.Second, tr.CloseIdleConnections)
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	timer.Stop()
+	if err != nil {
+		tr.CloseIdleConnections()
+		return nil, nil, err
+	}
+	if resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 {
+		resp.Body.Close()
+		tr.CloseIdleConnections()
+		return nil, nil, fmt.Errorf("GET %s: %s over %s", l.Path, resp.Status, resp.Proto)
+	}
+	var conn net.Conn
+	select {
+	case conn = <-dialed:
+	default:
+		resp.Body.Close()
+		return nil, nil, fmt.Errorf("GET %s: no connection of its own", l.Path)
+	}
+	br := bufio.NewReaderSize(resp.Body, 512)
+	return conn, func() (relaytest.Event, bool) { return relaytest.ReadEvent(br) }, nil
+}
+
+// connectWebSocket opens a WebSocket over HTTP/1.1 with TLS.
+func (p *farmProc) connectWebSocket(ctx context.Context, l Listener, lastID string) (net.Conn, func() (relaytest.Event, bool), error) {
+	tr, dialed := p.transport(func(pr *http.Protocols) { pr.SetHTTP1(true) })
+	h := http.Header{}
+	if lastID != "" {
+		h.Set("Last-Event-ID", lastID)
+	}
+	for k, vs := range l.Header {
+		h[k] = vs
+	}
+	c, resp, err := websocket.Dial(ctx, "wss://"+l.Addr+l.Path, &websocket.DialOptions{
+		HTTPClient: &http.Client{Transport: tr},
+		HTTPHeader: h,
+	})
+	if err != nil {
+		if resp != nil {
+			err = fmt.Errorf("%w (%s)", err, resp.Status)
+		}
+		return nil, nil, err
+	}
+	c.SetReadLimit(-1)
+	var conn net.Conn
+	select {
+	case conn = <-dialed:
+	default:
+		c.CloseNow()
+		return nil, nil, fmt.Errorf("WebSocket %s: no connection of its own", l.Path)
+	}
+	return conn, func() (relaytest.Event, bool) {
+		_, b, err := c.Read(p.ctx)
+		if err != nil {
+			c.CloseNow()
+			return relaytest.Event{}, false
+		}
+		return relaytest.Event{Data: string(b)}, true
+	}, nil
 }
