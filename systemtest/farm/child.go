@@ -46,7 +46,7 @@ type farmProc struct {
 	connected, errs, disconnects, reconnects atomic.Int64
 	firstErr                                 atomic.Value // string
 
-	tls    *tls.Config // nil: plaintext
+	tls *tls.Config // nil: plaintext
 
 	ctx    context.Context
 	cancel context.CancelFunc
