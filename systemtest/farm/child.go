@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -51,8 +52,11 @@ type farmProc struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	connMu sync.Mutex
-	conns  map[net.Conn]struct{}
-	wg     sync.WaitGroup
+	conns  map[io.Closer]struct{}
+
+	sharedMu sync.Mutex
+	shared   map[int]*http.Transport // HTTP/2 with StreamsPerConn: by group
+	wg       sync.WaitGroup
 }
 
 // keyState aggregates the deliveries of one key.
@@ -79,7 +83,7 @@ func (p *farmProc) say(r reply) {
 }
 
 func runFarm() int {
-	p := &farmProc{out: bufio.NewWriter(os.Stdout), conns: map[net.Conn]struct{}{}}
+	p := &farmProc{out: bufio.NewWriter(os.Stdout), conns: map[io.Closer]struct{}{}, shared: map[int]*http.Transport{}}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	in := bufio.NewScanner(os.Stdin)
 	in.Buffer(make([]byte, 64<<10), 256<<20)
@@ -185,7 +189,7 @@ func (p *farmProc) listen(i int, l Listener, sem chan struct{}, up *sync.WaitGro
 	fails := 0 // attempts in a row that brought no event
 	for {
 		sem <- struct{}{}
-		conn, next, err := p.connect(l, lastID)
+		conn, next, err := p.connect(i, l, lastID)
 		<-sem
 		if err != nil {
 			if p.ctx.Err() != nil {
@@ -241,7 +245,7 @@ func (p *farmProc) listen(i int, l Listener, sem chan struct{}, up *sync.WaitGro
 	}
 }
 
-func (p *farmProc) track(c net.Conn) bool {
+func (p *farmProc) track(c io.Closer) bool {
 	p.connMu.Lock()
 	defer p.connMu.Unlock()
 	if p.ctx.Err() != nil {
@@ -251,7 +255,7 @@ func (p *farmProc) track(c net.Conn) bool {
 	return true
 }
 
-func (p *farmProc) untrack(c net.Conn) {
+func (p *farmProc) untrack(c io.Closer) {
 	p.connMu.Lock()
 	delete(p.conns, c)
 	p.connMu.Unlock()
@@ -436,17 +440,22 @@ func (p *farmProc) stop() {
 	}
 	p.connMu.Unlock()
 	p.wg.Wait()
+	p.sharedMu.Lock()
+	for _, tr := range p.shared {
+		tr.CloseIdleConnections()
+	}
+	p.sharedMu.Unlock()
 }
 
 // connect opens listener l's stream over the farm's transport, resuming
 // from lastID, and returns its connection (under TLS, the TCP connection:
 // closing it ends the stream) and the reader of its events.
-func (p *farmProc) connect(l Listener, lastID string) (net.Conn, func() (relaytest.Event, bool), error) {
+func (p *farmProc) connect(i int, l Listener, lastID string) (io.Closer, func() (relaytest.Event, bool), error) {
 	ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
 	defer cancel()
 	switch p.cfg.Transport {
 	case TLS2:
-		return p.connectHTTP2(ctx, l, lastID)
+		return p.connectHTTP2(i, l, lastID)
 	case WebSocketTLS:
 		return p.connectWebSocket(ctx, l, lastID)
 	}
@@ -531,8 +540,22 @@ func (p *farmProc) transport(protos func(*http.Protocols)) (*http.Transport, cha
 
 // connectHTTP2 opens an EventSource stream over HTTP/2, on a connection of
 // its own.
-func (p *farmProc) connectHTTP2(ctx context.Context, l Listener, lastID string) (net.Conn, func() (relaytest.Event, bool), error) {
-	tr, dialed := p.transport(func(pr *http.Protocols) { pr.SetHTTP2(true) })
+func (p *farmProc) connectHTTP2(i int, l Listener, lastID string) (io.Closer, func() (relaytest.Event, bool), error) {
+	var (
+		tr     *http.Transport
+		dialed chan net.Conn
+	)
+	if k := p.cfg.StreamsPerConn; k > 1 {
+		p.sharedMu.Lock()
+		tr = p.shared[i/k]
+		if tr == nil {
+			tr, _ = p.transport(func(pr *http.Protocols) { pr.SetHTTP2(true) })
+			p.shared[i/k] = tr
+		}
+		p.sharedMu.Unlock()
+	} else {
+		tr, dialed = p.transport(func(pr *http.Protocols) { pr.SetHTTP2(true) })
+	}
 	// The stream outlives ctx, which bounds the connection only.
 	req, err := http.NewRequestWithContext(p.ctx, http.MethodGet, "https://"+l.Addr+l.Path, nil)
 	if err != nil {
@@ -557,6 +580,11 @@ func (p *farmProc) connectHTTP2(ctx context.Context, l Listener, lastID string) 
 		tr.CloseIdleConnections()
 		return nil, nil, fmt.Errorf("GET %s: %s over %s", l.Path, resp.Status, resp.Proto)
 	}
+	br := bufio.NewReaderSize(resp.Body, 512)
+	next := func() (relaytest.Event, bool) { return relaytest.ReadEvent(br) }
+	if dialed == nil {
+		return resp.Body, next, nil // ending the stream; the connection ends at stop
+	}
 	var conn net.Conn
 	select {
 	case conn = <-dialed:
@@ -564,12 +592,11 @@ func (p *farmProc) connectHTTP2(ctx context.Context, l Listener, lastID string) 
 		resp.Body.Close()
 		return nil, nil, fmt.Errorf("GET %s: no connection of its own", l.Path)
 	}
-	br := bufio.NewReaderSize(resp.Body, 512)
 	return conn, func() (relaytest.Event, bool) { return relaytest.ReadEvent(br) }, nil
 }
 
 // connectWebSocket opens a WebSocket over HTTP/1.1 with TLS.
-func (p *farmProc) connectWebSocket(ctx context.Context, l Listener, lastID string) (net.Conn, func() (relaytest.Event, bool), error) {
+func (p *farmProc) connectWebSocket(ctx context.Context, l Listener, lastID string) (io.Closer, func() (relaytest.Event, bool), error) {
 	tr, dialed := p.transport(func(pr *http.Protocols) { pr.SetHTTP1(true) })
 	h := http.Header{}
 	if lastID != "" {

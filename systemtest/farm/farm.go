@@ -103,6 +103,11 @@ type Options struct {
 	// TLS. Over TLS the server must present a certificate that RootCAs
 	// trusts.
 	Transport Transport
+	// StreamsPerConn, over HTTP/2 (TLS2), puts that many listeners on one
+	// connection, each a stream of its own (as a browser does with the
+	// EventSources of its tabs on one origin); zero or one: a connection
+	// per listener. The server's concurrent streams limit must allow it.
+	StreamsPerConn int
 	// RootCAs is the PEM of the certificates the listeners trust over TLS;
 	// see [TestCert].
 	RootCAs []byte
@@ -138,6 +143,7 @@ type config struct {
 	Reconnect      bool          `json:"reconnect"`
 	Transport      Transport     `json:"transport,omitempty"`
 	RootCAs        []byte        `json:"root_cas,omitempty"`
+	StreamsPerConn int           `json:"streams_per_conn,omitempty"`
 	StampedOnly    bool          `json:"stamped_only,omitempty"`
 }
 
@@ -236,7 +242,7 @@ func Start(t testing.TB, opts Options) *Farm {
 // the test, and the caller must call [Farm.Close].
 func New(opts Options) (*Farm, error) {
 	cfg := config{Listeners: opts.Listeners, Parallel: opts.Parallel, ConnectTimeout: opts.ConnectTimeout, Reconnect: opts.Reconnect,
-		Transport: opts.Transport, RootCAs: opts.RootCAs, StampedOnly: opts.StampedOnly}
+		Transport: opts.Transport, RootCAs: opts.RootCAs, StampedOnly: opts.StampedOnly, StreamsPerConn: opts.StreamsPerConn}
 	switch cfg.Transport {
 	case HTTP1, TLS1, TLS2, WebSocketTLS:
 	default:

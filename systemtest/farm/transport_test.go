@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,13 +20,18 @@ import (
 // protocol asked for and get every message once.
 func TestTransports(t *testing.T) {
 	cert, pem := farm.TestCert(t)
-	for _, tr := range []farm.Transport{farm.HTTP1, farm.TLS1, farm.TLS2, farm.WebSocketTLS} {
-		t.Run(string(tr), func(t *testing.T) {
+	for _, c := range []struct {
+		tr      farm.Transport
+		streams int
+	}{{farm.HTTP1, 0}, {farm.TLS1, 0}, {farm.TLS2, 0}, {farm.TLS2, 3}, {farm.WebSocketTLS, 0}} {
+		tr := c.tr
+		t.Run(fmt.Sprintf("%s-%d", tr, c.streams), func(t *testing.T) {
+			conns := map[string]bool{}
 			h := hub.New(hub.Options{MaxListeners: -1, Logger: slog.New(slog.DiscardHandler)})
 			protos := make(chan string, 100)
 			srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				select {
-				case protos <- r.Proto:
+				case protos <- r.Proto + " " + r.RemoteAddr:
 				default:
 				}
 				h.ServeListener(w, r, r.URL.Path[len("/sub/"):])
@@ -58,11 +64,17 @@ func TestTransports(t *testing.T) {
 				}
 				ls = append(ls, farm.Listener{Addr: srv.Listener.Addr().String(), Path: "/sub/" + ch, LastEventID: cur})
 			}
-			f := farm.Start(t, farm.Options{Listeners: ls, Transport: tr, RootCAs: pem})
+			f := farm.Start(t, farm.Options{Listeners: ls, Transport: tr, RootCAs: pem, StreamsPerConn: c.streams})
 			for range n {
-				if p := <-protos; p != want {
-					t.Errorf("a listener over %s spoke %s", want, p)
+				p := <-protos
+				proto, remote, _ := strings.Cut(p, " ")
+				if proto != want {
+					t.Errorf("a listener over %s spoke %s", want, proto)
 				}
+				conns[remote] = true
+			}
+			if wantConns := n / max(c.streams, 1); len(conns) != wantConns {
+				t.Errorf("%d listeners came over %d connections, want %d", n, len(conns), wantConns)
 			}
 			for _, ch := range []string{"c0", "c1"} {
 				if _, err := h.Publish(ctx, ch, relay.Message{Body: farm.Body("m", time.Now(), 0)}); err != nil {
