@@ -11,7 +11,7 @@
 // Without SESSIONPUSH_BENCH=full, TestPeers is the smoke variant: a few
 // hundred listeners per row, one round, every delivery checked once, no
 // timing judged. SESSIONPUSH_BENCH_ONLY=row[,row] runs those rows only (the
-// names in the table: hub-h1, hub-tls-h1, hub-h2-tls, hub-ws-tls,
+// names in the table: hub-h1, hub-tls-h1, hub-h2-tls, hub-h2-tls-mux, hub-ws-tls,
 // centrifuge, mercure, floor); SESSIONPUSH_BENCH_N sets the listeners per
 // topology (default 10000), SESSIONPUSH_BENCH_ROUNDS the measured rounds
 // (default 3), SESSIONPUSH_BENCH_CPUPROFILE=dir writes a CPU profile of

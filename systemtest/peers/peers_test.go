@@ -66,6 +66,12 @@ func loadConfig(t *testing.T) config {
 	return c
 }
 
+// muxStreams is the EventSource streams per connection of the
+// hub-h2-tls-mux row: listeners that share connections, as the tabs of a
+// browser on one origin do over HTTP/2 (net/http's server allows 250
+// streams per connection).
+const muxStreams = 100
+
 // rowDefs are the rows of the table, run in this order.
 var rowDefs = []struct {
 	name string
@@ -74,6 +80,11 @@ var rowDefs = []struct {
 	{"hub-h1", func(t *testing.T, c tls.Certificate) *server { return hubServer(t, "hub-h1", farm.HTTP1, c) }},
 	{"hub-tls-h1", func(t *testing.T, c tls.Certificate) *server { return hubServer(t, "hub-tls-h1", farm.TLS1, c) }},
 	{"hub-h2-tls", func(t *testing.T, c tls.Certificate) *server { return hubServer(t, "hub-h2-tls", farm.TLS2, c) }},
+	{"hub-h2-tls-mux", func(t *testing.T, c tls.Certificate) *server {
+		s := hubServer(t, "hub-h2-tls-mux", farm.TLS2, c)
+		s.streams = muxStreams
+		return s
+	}},
 	{"hub-ws-tls", func(t *testing.T, c tls.Certificate) *server { return hubServer(t, "hub-ws-tls", farm.WebSocketTLS, c) }},
 	{"centrifuge", func(t *testing.T, _ tls.Certificate) *server { return centrifugeServer(t) }},
 	{"mercure", func(t *testing.T, _ tls.Certificate) *server { return mercureServer(t) }},
@@ -91,6 +102,8 @@ type round struct {
 type result struct {
 	name     string
 	idle     float64 // KiB of RSS per idle listener
+	heap     float64 // of which KiB of Go heap in use (HeapInuse)
+	stack    float64 // and of goroutine stacks (StackInuse)
 	channels []round // one message to each of n channels, measured rounds
 	one      []round // one message to one channel of n listeners
 	cold     round   // the first round of channels: the first message of each channel
@@ -150,7 +163,8 @@ func runRow(t *testing.T, cfg config, s *server, pem []byte) *result {
 		}
 	}
 	after := selfRSS(t)
-	res.idle = (after - before) / float64(cfg.n) / 1024
+	per := func(a, b float64) float64 { return (a - b) / float64(cfg.n) / 1024 }
+	res.idle, res.heap, res.stack = per(after.rss, before.rss), per(after.heap, before.heap), per(after.stack, before.stack)
 	var keys []string
 	stop := profile(t, cfg, s.name+"-one")
 	for r := range cfg.rounds + 1 {
@@ -197,7 +211,7 @@ func runRow(t *testing.T, cfg config, s *server, pem []byte) *result {
 }
 
 func startFarm(t *testing.T, s *server, ls []farm.Listener, pem []byte) *farm.Farm {
-	f, err := farm.New(farm.Options{Listeners: ls, Transport: s.transport, RootCAs: pem, StampedOnly: s.stamped})
+	f, err := farm.New(farm.Options{Listeners: ls, Transport: s.transport, RootCAs: pem, StampedOnly: s.stamped, StreamsPerConn: s.streams})
 	if err != nil {
 		t.Fatalf("%s: %v", s.name, err)
 	}
@@ -301,16 +315,21 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// selfRSS is this process's resident memory in bytes, after a collection
-// that returns freed memory to the system.
-func selfRSS(t *testing.T) float64 {
+// memory is this process's memory in bytes.
+type memory struct{ rss, heap, stack float64 }
+
+// selfRSS is this process's memory, after a collection that returns freed
+// memory to the system.
+func selfRSS(t *testing.T) memory {
 	runtime.GC()
 	debug.FreeOSMemory()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
 	kb, err := servers.ProcStatus("self", "VmRSS")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return float64(kb) * 1024
+	return memory{rss: float64(kb) * 1024, heap: float64(ms.HeapInuse), stack: float64(ms.StackInuse)}
 }
 
 func openFDs(t *testing.T) int {
@@ -375,10 +394,10 @@ var (
 )
 
 func table(b *strings.Builder, cfg config, rs []*result) {
-	fmt.Fprintf(b, "| row | idle KiB per listener | %d channels: deliveries/s | p99 ms | CPU µs per delivery | one channel, %d listeners: deliveries/s | p99 ms | CPU µs per delivery | first round of %d channels: deliveries/s |\n", cfg.n, cfg.n, cfg.n)
+	fmt.Fprintf(b, "| row | idle KiB per listener (heap, stacks) | %d channels: deliveries/s | p99 ms | CPU µs per delivery | one channel, %d listeners: deliveries/s | p99 ms | CPU µs per delivery | first round of %d channels: deliveries/s |\n", cfg.n, cfg.n, cfg.n)
 	b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rs {
-		fmt.Fprintf(b, "| %s | %.1f | %v | %v | %v | %v | %v | %v | %.0f |\n", r.name, r.idle,
+		fmt.Fprintf(b, "| %s | %.1f (%.1f, %.1f) | %v | %v | %v | %v | %v | %v | %.0f |\n", r.name, r.idle, r.heap, r.stack,
 			stats(r.channels, rate), stats(r.channels, p99), stats(r.channels, cpu),
 			stats(r.one, rate), stats(r.one, p99), stats(r.one, cpu), r.cold.rate)
 	}
@@ -420,13 +439,17 @@ func targets(b *strings.Builder, cfg config, rs []*result) {
 	ratio("idle memory per listener", "≤ 0.2×", "hub-h1", "mercure", idle, le(0.2))
 	ratio(chs+", deliveries/s", "≥ 0.6×", "hub-h2-tls", "hub-h1", chRate, ge(0.6))
 	ratio(one+", deliveries/s", "≥ 0.6×", "hub-h2-tls", "hub-h1", oneRate, ge(0.6))
+	ratio(chs+", deliveries/s", "≥ 0.6×", "hub-h2-tls-mux", "hub-h1", chRate, ge(0.6))
+	ratio(one+", deliveries/s", "≥ 0.6×", "hub-h2-tls-mux", "hub-h1", oneRate, ge(0.6))
 	ratio(chs+", deliveries/s", "≥ 0.7×", "hub-tls-h1", "hub-h1", chRate, ge(0.7))
 	ratio(one+", deliveries/s", "≥ 0.7×", "hub-tls-h1", "hub-h1", oneRate, ge(0.7))
-	if r := by["hub-h2-tls"]; r != nil {
-		mark := "❌"
-		if r.idle <= 16 {
-			mark = "✅"
+	for _, name := range []string{"hub-h2-tls", "hub-h2-tls-mux"} {
+		if r := by[name]; r != nil {
+			mark := "❌"
+			if r.idle <= 16 {
+				mark = "✅"
+			}
+			fmt.Fprintf(b, "| idle memory per EventSource listener over HTTP/2 with TLS: %s ≤ 16 KiB | %.1f KiB | %s |\n", name, r.idle, mark)
 		}
-		fmt.Fprintf(b, "| idle memory per EventSource listener over HTTP/2 with TLS ≤ 16 KiB | %.1f KiB | %s |\n", r.idle, mark)
 	}
 }

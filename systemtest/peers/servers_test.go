@@ -28,6 +28,7 @@ import (
 type server struct {
 	name      string
 	transport farm.Transport
+	streams   int // farm.Options.StreamsPerConn
 	addr      string
 	// stamped: the server wraps the body or sends other events
 	// (farm.Options.StampedOnly).
