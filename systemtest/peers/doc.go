@@ -14,7 +14,7 @@
 // names in the table: hub-h1, hub-tls-h1, hub-h2-tls, hub-h2-tls-mux, hub-ws-tls,
 // centrifuge, mercure, floor); SESSIONPUSH_BENCH_N sets the listeners per
 // topology (default 10000), SESSIONPUSH_BENCH_ROUNDS the measured rounds
-// (default 3), SESSIONPUSH_BENCH_CPUPROFILE=dir writes a CPU profile of
+// (default 5), SESSIONPUSH_BENCH_CPUPROFILE=dir writes a CPU profile of
 // each row's measured rounds there. BENCHMARKS.md has a run, the peers'
 // versions and settings, and what makes a comparison unequal.
 package peers

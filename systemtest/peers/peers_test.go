@@ -53,7 +53,7 @@ func loadConfig(t *testing.T) config {
 	c := config{full: os.Getenv("SESSIONPUSH_BENCH") == "full", n: 200, rounds: 1, publishers: 4,
 		prof: os.Getenv("SESSIONPUSH_BENCH_CPUPROFILE")}
 	if c.full {
-		c.n, c.rounds = 10000, 3
+		c.n, c.rounds = 10000, 5
 	}
 	c.n = envInt(t, "SESSIONPUSH_BENCH_N", c.n)
 	c.rounds = envInt(t, "SESSIONPUSH_BENCH_ROUNDS", c.rounds)
@@ -96,6 +96,7 @@ type round struct {
 	rate float64       // deliveries per second, first publish to last delivery
 	p99  time.Duration // send to receive
 	cpu  time.Duration // this process's CPU per delivery
+	farm time.Duration // the farm's CPU per delivery (10 ms ticks)
 }
 
 // result is one row's figures.
@@ -252,7 +253,7 @@ func done(t *testing.T, s *server, f *farm.Farm, keys []string, base int) {
 func burst(t *testing.T, s *server, f *farm.Farm, ids []string, p int, key string, n int) round {
 	t.Helper()
 	runtime.GC() // the garbage of the last round is not this one's
-	cpu0 := selfCPU()
+	cpu0, farm0 := selfCPU(), procCPU(f.PID())
 	start := time.Now()
 	body := farm.Body(key, start, 0)
 	var (
@@ -283,8 +284,9 @@ func burst(t *testing.T, s *server, f *farm.Farm, ids []string, p int, key strin
 		v, _ := f.Check([]string{key}, 0)
 		t.Fatalf("%s %s: %v (%d of %d deliveries): %s", s.name, key, err, st.Count, n, v)
 	}
-	cpu := selfCPU() - cpu0
-	return round{rate: float64(n) / st.Last.Sub(start).Seconds(), p99: st.P99, cpu: cpu / time.Duration(n)}
+	cpu, fcpu := selfCPU()-cpu0, procCPU(f.PID())-farm0
+	return round{rate: float64(n) / st.Last.Sub(start).Seconds(), p99: st.P99,
+		cpu: cpu / time.Duration(n), farm: fcpu / time.Duration(n)}
 }
 
 // profile starts a CPU profile of name if SESSIONPUSH_BENCH_CPUPROFILE is
@@ -317,6 +319,27 @@ func selfCPU() time.Duration {
 
 // memory is this process's memory in bytes.
 type memory struct{ rss, heap, stack float64 }
+
+// procCPU is the user and system CPU time of process pid, all its
+// threads, from /proc/<pid>/stat (in clock ticks of 10 ms); 0 if unknown.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name, which is in parentheses.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64) // utime, field 14
+	s, _ := strconv.ParseInt(f[12], 10, 64) // stime, field 15
+	return time.Duration(u+s) * 10 * time.Millisecond
+}
 
 // selfRSS is this process's memory, after a collection that returns freed
 // memory to the system.
@@ -391,15 +414,16 @@ var (
 	rate = func(r round) float64 { return r.rate }
 	p99  = func(r round) float64 { return float64(r.p99) / 1e6 }
 	cpu  = func(r round) float64 { return float64(r.cpu) / 1e3 }
+	fcpu = func(r round) float64 { return float64(r.farm) / 1e3 }
 )
 
 func table(b *strings.Builder, cfg config, rs []*result) {
-	fmt.Fprintf(b, "| row | idle KiB per listener (heap, stacks) | %d channels: deliveries/s | p99 ms | CPU µs per delivery | one channel, %d listeners: deliveries/s | p99 ms | CPU µs per delivery | first round of %d channels: deliveries/s |\n", cfg.n, cfg.n, cfg.n)
-	b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(b, "| row | idle KiB per listener (heap, stacks) | %d channels: deliveries/s | p99 ms | server CPU µs per delivery | farm CPU µs | one channel, %d listeners: deliveries/s | p99 ms | server CPU µs per delivery | farm CPU µs | first round of %d channels: deliveries/s |\n", cfg.n, cfg.n, cfg.n)
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rs {
-		fmt.Fprintf(b, "| %s | %.1f (%.1f, %.1f) | %v | %v | %v | %v | %v | %v | %.0f |\n", r.name, r.idle, r.heap, r.stack,
-			stats(r.channels, rate), stats(r.channels, p99), stats(r.channels, cpu),
-			stats(r.one, rate), stats(r.one, p99), stats(r.one, cpu), r.cold.rate)
+		fmt.Fprintf(b, "| %s | %.1f (%.1f, %.1f) | %v | %v | %v | %.1f | %v | %v | %v | %.1f | %.0f |\n", r.name, r.idle, r.heap, r.stack,
+			stats(r.channels, rate), stats(r.channels, p99), stats(r.channels, cpu), stats(r.channels, fcpu).med,
+			stats(r.one, rate), stats(r.one, p99), stats(r.one, cpu), stats(r.one, fcpu).med, r.cold.rate)
 	}
 }
 
