@@ -556,9 +556,12 @@ func (p *farmProc) connectHTTP2(i int, l Listener, lastID string) (io.Closer, fu
 	} else {
 		tr, dialed = p.transport(func(pr *http.Protocols) { pr.SetHTTP2(true) })
 	}
-	// The stream outlives ctx, which bounds the connection only.
-	req, err := http.NewRequestWithContext(p.ctx, http.MethodGet, "https://"+l.Addr+l.Path, nil)
+	// The request's context ends the stream: it is cancelled if the answer
+	// has not come within 10 seconds, and when the stream is closed.
+	ctx, cancel := context.WithCancel(p.ctx)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+l.Addr+l.Path, nil)
 	if err != nil {
+		cancel()
 		return nil, nil, err
 	}
 	req.Header.Set("Accept", "text/event-stream")
@@ -568,31 +571,50 @@ func (p *farmProc) connectHTTP2(i int, l Listener, lastID string) (io.Closer, fu
 	for k, vs := range l.Header {
 		req.Header[k] = vs
 	}
-	timer := time.AfterFunc(10*time.Second, tr.CloseIdleConnections)
+	timer := time.AfterFunc(10*time.Second, cancel)
 	resp, err := (&http.Client{Transport: tr}).Do(req)
-	timer.Stop()
-	if err != nil {
-		tr.CloseIdleConnections()
+	if !timer.Stop() && err == nil {
+		resp.Body.Close()
+		err = fmt.Errorf("GET %s: no answer within 10s", l.Path)
+	}
+	fail := func(err error) (io.Closer, func() (relaytest.Event, bool), error) {
+		cancel()
+		if dialed != nil {
+			tr.CloseIdleConnections()
+		}
 		return nil, nil, err
+	}
+	if err != nil {
+		return fail(err)
 	}
 	if resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 {
 		resp.Body.Close()
-		tr.CloseIdleConnections()
-		return nil, nil, fmt.Errorf("GET %s: %s over %s", l.Path, resp.Status, resp.Proto)
+		return fail(fmt.Errorf("GET %s: %s over %s", l.Path, resp.Status, resp.Proto))
 	}
 	br := bufio.NewReaderSize(resp.Body, 512)
 	next := func() (relaytest.Event, bool) { return relaytest.ReadEvent(br) }
-	if dialed == nil {
-		return resp.Body, next, nil // ending the stream; the connection ends at stop
+	var c io.Closer = resp.Body // a shared connection: ending the stream; the connection ends at stop
+	if dialed != nil {
+		select {
+		case c = <-dialed:
+		default:
+			resp.Body.Close()
+			return fail(fmt.Errorf("GET %s: no connection of its own", l.Path))
+		}
 	}
-	var conn net.Conn
-	select {
-	case conn = <-dialed:
-	default:
-		resp.Body.Close()
-		return nil, nil, fmt.Errorf("GET %s: no connection of its own", l.Path)
-	}
-	return conn, func() (relaytest.Event, bool) { return relaytest.ReadEvent(br) }, nil
+	return &streamCloser{cancel, c}, next, nil
+}
+
+// streamCloser ends an HTTP/2 stream: its request's context, and its
+// connection or body.
+type streamCloser struct {
+	cancel context.CancelFunc
+	c      io.Closer
+}
+
+func (s *streamCloser) Close() error {
+	s.cancel()
+	return s.c.Close()
 }
 
 // connectWebSocket opens a WebSocket over HTTP/1.1 with TLS.
