@@ -8,8 +8,8 @@
 //
 //	SESSIONPUSH_BENCH=full go test ./systemtest/peers -run TestPeers -v -timeout 15m
 //
-// Without SESSIONPUSH_BENCH=full, TestPeers is the smoke variant: a few
-// hundred listeners per row, one round, every delivery checked once, no
+// Without SESSIONPUSH_BENCH=full, TestPeers is the smoke variant: 100
+// listeners per topology, one round, every delivery checked once, no
 // timing judged. SESSIONPUSH_BENCH_ONLY=row[,row] runs those rows only (the
 // names in the table: hub-h1, hub-tls-h1, hub-h2-tls, hub-h2-tls-mux, hub-ws-tls,
 // centrifuge, mercure, floor); SESSIONPUSH_BENCH_N sets the listeners per

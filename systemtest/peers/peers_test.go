@@ -50,7 +50,7 @@ func envInt(t *testing.T, name string, def int) int {
 }
 
 func loadConfig(t *testing.T) config {
-	c := config{full: os.Getenv("SESSIONPUSH_BENCH") == "full", n: 200, rounds: 1, publishers: 4,
+	c := config{full: os.Getenv("SESSIONPUSH_BENCH") == "full", n: 100, rounds: 1, publishers: 4,
 		prof: os.Getenv("SESSIONPUSH_BENCH_CPUPROFILE")}
 	if c.full {
 		c.n, c.rounds = 10000, 5
