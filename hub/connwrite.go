@@ -13,17 +13,31 @@ import (
 // A listener that keeps up so costs no deadline update per message.
 //
 // A TLS connection has no such first attempt: a TLS write cannot be tried
-// without waiting, nor taken up again after a deadline stopped it, so every
-// write to it waits, and tryAll leaves all of it to the stream's own
-// goroutine.
+// without waiting, nor taken up again after a deadline stopped it. So a
+// write to it waits, and tryAll leaves it to the stream's own goroutine;
+// except, where the platform tells how much the socket has yet to send
+// (Linux: ioctl TIOCOUTQ), a small write to a socket whose send queue is
+// empty: that write cannot wait, and tryAll makes it itself, saving the
+// dispatch a goroutine per stream and message.
 type connWriter struct {
 	conn    net.Conn
 	timeout time.Duration
-	fast    fastWriter // nil: every write waits within the timeout
+	fast    fastWriter  // nil: every write waits within the timeout
+	drained func() bool // TLS: whether the socket has sent all it was given; nil where unknown
 }
 
+// drainedMax is the largest write that tryAll makes itself to a TLS
+// connection whose socket has sent all it was given: one TLS record, far
+// below the smallest socket send buffer (SO_SNDBUF is at least 4,608 bytes
+// on Linux), so the socket takes it at once.
+const drainedMax = 2 << 10
+
 func newConnWriter(conn net.Conn, timeout time.Duration) *connWriter {
-	return &connWriter{conn: conn, timeout: timeout, fast: newFastWriter(conn)}
+	w := &connWriter{conn: conn, timeout: timeout, fast: newFastWriter(conn)}
+	if w.fast == nil {
+		w.drained = newDrained(conn)
+	}
+	return w
 }
 
 // write writes b, all of it or an error; a timeout error when the client
@@ -59,9 +73,16 @@ func (w *connWriter) write(b []byte) error {
 // rest (nil when it took everything). Where the connection cannot be
 // written without waiting (TLS, or a platform without non-blocking
 // writes), it writes nothing and returns b: the caller hands it to a
-// goroutine that may wait.
+// goroutine that may wait; but b of at most drainedMax bytes to a TLS
+// connection whose socket has nothing left to send, it writes all.
 func (w *connWriter) tryAll(b []byte) (rest []byte, err error) {
 	if w.fast == nil {
+		if w.drained != nil && len(b) <= drainedMax && w.drained() {
+			if _, err := w.conn.Write(b); err != nil {
+				return nil, err
+			}
+			return nil, nil
+		}
 		return b, nil
 	}
 	n, err := w.fast.tryWrite(b)

@@ -141,11 +141,13 @@
 // level ("hub: slow listener disconnected", with channel and transport).
 // Listeners read from the channel's buffer, with no queue of their own, so
 // memory stays bounded by the buffers however slow they are. Over TLS a
-// hijacked stream's write always goes to a goroutine of its own, as a TLS
-// write cannot be tried without the risk of waiting. A write's deadline is
-// cleared once the write is done, and a listener waits without one, so an
-// http.Server WriteTimeout shorter than a stream does not cut it, nor does
-// HTTP/2, which resets a stream whose write deadline passes even when no
+// hijacked stream's write goes to a goroutine of its own, as a TLS write
+// cannot be tried without the risk of waiting; on Linux, a message of at
+// most 2 KiB to a stream whose socket has sent all it was given (ioctl
+// TIOCOUTQ) is written by the dispatch itself, as it cannot wait. A
+// write's deadline is cleared once the write is done, and a listener waits
+// without one, so an http.Server WriteTimeout shorter than a stream does
+// not cut it, nor does HTTP/2, which resets a stream whose write deadline passes even when no
 // write is under way (a WebSocket connection or an EventSource stream,
 // once hijacked, has no server deadline; each of its writes is bounded by
 // its own deadline instead).

@@ -3,8 +3,11 @@ package farm
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -14,6 +17,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"github.com/sessionpush/sessionpush/relaytest"
 )
@@ -42,11 +47,16 @@ type farmProc struct {
 	connected, errs, disconnects, reconnects atomic.Int64
 	firstErr                                 atomic.Value // string
 
+	tls *tls.Config // nil: plaintext
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	connMu sync.Mutex
-	conns  map[net.Conn]struct{}
-	wg     sync.WaitGroup
+	conns  map[io.Closer]struct{}
+
+	sharedMu sync.Mutex
+	shared   map[int]*http.Transport // HTTP/2 with StreamsPerConn: by group
+	wg       sync.WaitGroup
 }
 
 // keyState aggregates the deliveries of one key.
@@ -73,7 +83,7 @@ func (p *farmProc) say(r reply) {
 }
 
 func runFarm() int {
-	p := &farmProc{out: bufio.NewWriter(os.Stdout), conns: map[net.Conn]struct{}{}}
+	p := &farmProc{out: bufio.NewWriter(os.Stdout), conns: map[io.Closer]struct{}{}, shared: map[int]*http.Transport{}}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	in := bufio.NewScanner(os.Stdin)
 	in.Buffer(make([]byte, 64<<10), 256<<20)
@@ -85,6 +95,14 @@ func runFarm() int {
 		return 2
 	}
 	defer p.stop()
+	if p.cfg.Transport != HTTP1 {
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(p.cfg.RootCAs) {
+			p.say(reply{Err: "no certificate in RootCAs"})
+			return 2
+		}
+		p.tls = &tls.Config{RootCAs: pool}
+	}
 
 	if err := p.connectAll(); err != nil {
 		p.say(reply{Err: err.Error()})
@@ -171,7 +189,7 @@ func (p *farmProc) listen(i int, l Listener, sem chan struct{}, up *sync.WaitGro
 	fails := 0 // attempts in a row that brought no event
 	for {
 		sem <- struct{}{}
-		conn, br, err := connect(p.ctx, l, lastID)
+		conn, next, err := p.connect(i, l, lastID)
 		<-sem
 		if err != nil {
 			if p.ctx.Err() != nil {
@@ -209,7 +227,7 @@ func (p *farmProc) listen(i int, l Listener, sem chan struct{}, up *sync.WaitGro
 		} else {
 			p.reconnects.Add(1)
 		}
-		got := p.read(i, br, &lastID)
+		got := p.read(i, next, &lastID)
 		p.connected.Add(-1)
 		p.untrack(conn)
 		if p.ctx.Err() != nil {
@@ -227,7 +245,7 @@ func (p *farmProc) listen(i int, l Listener, sem chan struct{}, up *sync.WaitGro
 	}
 }
 
-func (p *farmProc) track(c net.Conn) bool {
+func (p *farmProc) track(c io.Closer) bool {
 	p.connMu.Lock()
 	defer p.connMu.Unlock()
 	if p.ctx.Err() != nil {
@@ -237,7 +255,7 @@ func (p *farmProc) track(c net.Conn) bool {
 	return true
 }
 
-func (p *farmProc) untrack(c net.Conn) {
+func (p *farmProc) untrack(c io.Closer) {
 	p.connMu.Lock()
 	delete(p.conns, c)
 	p.connMu.Unlock()
@@ -246,10 +264,10 @@ func (p *farmProc) untrack(c net.Conn) {
 
 // read records listener i's events until its stream ends; it reports
 // whether it got any.
-func (p *farmProc) read(i int, br *bufio.Reader, lastID *string) bool {
+func (p *farmProc) read(i int, next func() (relaytest.Event, bool), lastID *string) bool {
 	got := false
 	for {
-		ev, ok := relaytest.ReadEvent(br)
+		ev, ok := next()
 		if !ok {
 			return got
 		}
@@ -259,6 +277,15 @@ func (p *farmProc) read(i int, br *bufio.Reader, lastID *string) bool {
 			*lastID = ev.ID
 		}
 		key, sent := parseStamp(ev.Data)
+		if p.cfg.StampedOnly && sent == 0 {
+			j := strings.Index(ev.Data, stampPrefix)
+			if j < 0 {
+				continue // not a message: a peer's connect reply or ping
+			}
+			if key, sent = parseStamp(ev.Data[j:]); sent == 0 {
+				continue
+			}
+		}
 		p.record(i, key, sent, now)
 	}
 }
@@ -413,16 +440,52 @@ func (p *farmProc) stop() {
 	}
 	p.connMu.Unlock()
 	p.wg.Wait()
+	p.sharedMu.Lock()
+	for _, tr := range p.shared {
+		tr.CloseIdleConnections()
+	}
+	p.sharedMu.Unlock()
 }
 
-// connect opens an EventSource stream and returns a reader of its body.
-func connect(ctx context.Context, l Listener, lastID string) (net.Conn, *bufio.Reader, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+// connect opens listener l's stream over the farm's transport, resuming
+// from lastID, and returns its connection (under TLS, the TCP connection:
+// closing it ends the stream) and the reader of its events.
+func (p *farmProc) connect(i int, l Listener, lastID string) (io.Closer, func() (relaytest.Event, bool), error) {
+	ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
 	defer cancel()
-	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", l.Addr)
+	switch p.cfg.Transport {
+	case TLS2:
+		return p.connectHTTP2(i, l, lastID)
+	case WebSocketTLS:
+		return p.connectWebSocket(ctx, l, lastID)
+	}
+	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", l.Addr)
 	if err != nil {
 		return nil, nil, err
 	}
+	conn := raw
+	if p.cfg.Transport == TLS1 {
+		cfg := p.tls.Clone()
+		cfg.ServerName, _, _ = net.SplitHostPort(l.Addr)
+		cfg.NextProtos = []string{"http/1.1"}
+		tc := tls.Client(raw, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			raw.Close()
+			return nil, nil, err
+		}
+		conn = tc
+	}
+	br, err := sendRequest(conn, l, lastID)
+	if err != nil {
+		raw.Close()
+		return nil, nil, err
+	}
+	return raw, func() (relaytest.Event, bool) { return relaytest.ReadEvent(br) }, nil
+}
+
+// sendRequest sends an EventSource request over conn and returns a reader of
+// its body.
+func sendRequest(conn net.Conn, l Listener, lastID string) (*bufio.Reader, error) {
 	conn.SetDeadline(time.Now().Add(30 * time.Second))
 	var b strings.Builder
 	b.WriteString("GET " + l.Path + " HTTP/1.1\r\nHost: " + l.Addr + "\r\nAccept: text/event-stream\r\n")
@@ -436,20 +499,158 @@ func connect(ctx context.Context, l Listener, lastID string) (net.Conn, *bufio.R
 	}
 	b.WriteString("\r\n")
 	if _, err := conn.Write([]byte(b.String())); err != nil {
-		conn.Close()
-		return nil, nil, err
+		return nil, err
 	}
 	hreq, _ := http.NewRequest(http.MethodGet, "http://"+l.Addr+l.Path, nil)
 	resp, err := http.ReadResponse(bufio.NewReaderSize(conn, 1024), hreq)
 	if err != nil {
-		conn.Close()
-		return nil, nil, err
+		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
 		resp.Body.Close()
-		conn.Close()
-		return nil, nil, fmt.Errorf("GET %s: %s", l.Path, resp.Status)
+		return nil, fmt.Errorf("GET %s: %s", l.Path, resp.Status)
 	}
 	conn.SetDeadline(time.Time{})
-	return conn, bufio.NewReaderSize(resp.Body, 512), nil
+	return bufio.NewReaderSize(resp.Body, 512), nil
+}
+
+// transport returns an HTTP transport of its own for one listener, over
+// TLS with protos, and the TCP connection it dials once that is made.
+func (p *farmProc) transport(protos func(*http.Protocols)) (*http.Transport, chan net.Conn) {
+	dialed := make(chan net.Conn, 1)
+	pr := new(http.Protocols)
+	protos(pr)
+	tr := &http.Transport{
+		TLSClientConfig: p.tls.Clone(),
+		Protocols:       pr,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err == nil {
+				select {
+				case dialed <- c:
+				default:
+				}
+			}
+			return c, err
+		},
+		DisableCompression: true,
+	}
+	return tr, dialed
+}
+
+// connectHTTP2 opens an EventSource stream over HTTP/2, on a connection of
+// its own.
+func (p *farmProc) connectHTTP2(i int, l Listener, lastID string) (io.Closer, func() (relaytest.Event, bool), error) {
+	var (
+		tr     *http.Transport
+		dialed chan net.Conn
+	)
+	if k := p.cfg.StreamsPerConn; k > 1 {
+		p.sharedMu.Lock()
+		tr = p.shared[i/k]
+		if tr == nil {
+			tr, _ = p.transport(func(pr *http.Protocols) { pr.SetHTTP2(true) })
+			p.shared[i/k] = tr
+		}
+		p.sharedMu.Unlock()
+	} else {
+		tr, dialed = p.transport(func(pr *http.Protocols) { pr.SetHTTP2(true) })
+	}
+	// The request's context ends the stream: it is cancelled if the answer
+	// has not come within 10 seconds, and when the stream is closed.
+	ctx, cancel := context.WithCancel(p.ctx)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+l.Addr+l.Path, nil)
+	if err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	if lastID != "" {
+		req.Header.Set("Last-Event-ID", lastID)
+	}
+	for k, vs := range l.Header {
+		req.Header[k] = vs
+	}
+	timer := time.AfterFunc(10*time.Second, cancel)
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if !timer.Stop() && err == nil {
+		resp.Body.Close()
+		err = fmt.Errorf("GET %s: no answer within 10s", l.Path)
+	}
+	fail := func(err error) (io.Closer, func() (relaytest.Event, bool), error) {
+		cancel()
+		if dialed != nil {
+			tr.CloseIdleConnections()
+		}
+		return nil, nil, err
+	}
+	if err != nil {
+		return fail(err)
+	}
+	if resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 {
+		resp.Body.Close()
+		return fail(fmt.Errorf("GET %s: %s over %s", l.Path, resp.Status, resp.Proto))
+	}
+	br := bufio.NewReaderSize(resp.Body, 512)
+	next := func() (relaytest.Event, bool) { return relaytest.ReadEvent(br) }
+	var c io.Closer = resp.Body // a shared connection: ending the stream; the connection ends at stop
+	if dialed != nil {
+		select {
+		case c = <-dialed:
+		default:
+			resp.Body.Close()
+			return fail(fmt.Errorf("GET %s: no connection of its own", l.Path))
+		}
+	}
+	return &streamCloser{cancel, c}, next, nil
+}
+
+// streamCloser ends an HTTP/2 stream: its request's context, and its
+// connection or body.
+type streamCloser struct {
+	cancel context.CancelFunc
+	c      io.Closer
+}
+
+func (s *streamCloser) Close() error {
+	s.cancel()
+	return s.c.Close()
+}
+
+// connectWebSocket opens a WebSocket over HTTP/1.1 with TLS.
+func (p *farmProc) connectWebSocket(ctx context.Context, l Listener, lastID string) (io.Closer, func() (relaytest.Event, bool), error) {
+	tr, dialed := p.transport(func(pr *http.Protocols) { pr.SetHTTP1(true) })
+	h := http.Header{}
+	if lastID != "" {
+		h.Set("Last-Event-ID", lastID)
+	}
+	for k, vs := range l.Header {
+		h[k] = vs
+	}
+	c, resp, err := websocket.Dial(ctx, "wss://"+l.Addr+l.Path, &websocket.DialOptions{
+		HTTPClient: &http.Client{Transport: tr},
+		HTTPHeader: h,
+	})
+	if err != nil {
+		if resp != nil {
+			err = fmt.Errorf("%w (%s)", err, resp.Status)
+		}
+		return nil, nil, err
+	}
+	c.SetReadLimit(-1)
+	var conn net.Conn
+	select {
+	case conn = <-dialed:
+	default:
+		c.CloseNow()
+		return nil, nil, fmt.Errorf("WebSocket %s: no connection of its own", l.Path)
+	}
+	return conn, func() (relaytest.Event, bool) {
+		_, b, err := c.Read(p.ctx)
+		if err != nil {
+			c.CloseNow()
+			return relaytest.Event{}, false
+		}
+		return relaytest.Event{Data: string(b)}, true
+	}, nil
 }

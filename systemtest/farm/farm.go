@@ -19,6 +19,12 @@
 // Last-Event-ID and headers, such as Cookie) and returns once all have their
 // 200 answer. Events are read with relaytest.ReadEvent.
 //
+// Options.Transport connects them over TLS instead (HTTP/1.1, or HTTP/2
+// through net/http's client, one connection per listener), or as WebSocket
+// clients over TLS; [TestCert] makes the server's certificate and the PEM
+// the farm trusts. Options.StampedOnly serves servers that wrap the
+// published body in an envelope of their own and send other events too.
+//
 // # Messages, keys and latency
 //
 // The farm groups deliveries by a key taken from each event's data: a body
@@ -92,7 +98,42 @@ type Options struct {
 	// up after 3 attempts in a row that bring no event. Without it a listener
 	// whose stream ends stays disconnected. Both count in [Counters].
 	Reconnect bool
+	// Transport is how every listener connects: plaintext HTTP/1.1 (the
+	// zero value), HTTP/1.1 over TLS, HTTP/2 over TLS, or WebSocket over
+	// TLS. Over TLS the server must present a certificate that RootCAs
+	// trusts.
+	Transport Transport
+	// StreamsPerConn, over HTTP/2 (TLS2), puts that many listeners on one
+	// connection, each a stream of its own (as a browser does with the
+	// EventSources of its tabs on one origin); zero or one: a connection
+	// per listener. The server's concurrent streams limit must allow it.
+	StreamsPerConn int
+	// RootCAs is the PEM of the certificates the listeners trust over TLS;
+	// see [TestCert].
+	RootCAs []byte
+	// StampedOnly makes the farm record only events whose data holds a
+	// [Stamp] body, anywhere in it (a peer's envelope around the body, such
+	// as a Centrifuge publication), and drop every other event (a peer's
+	// connect reply, pings) instead of counting it as its own key.
+	StampedOnly bool
 }
+
+// Transport is how a listener connects (Options.Transport).
+type Transport string
+
+const (
+	// HTTP1 is an EventSource request over plaintext HTTP/1.1, written
+	// and read over the raw TCP connection.
+	HTTP1 Transport = ""
+	// TLS1 is the same over TLS, negotiating http/1.1 by ALPN.
+	TLS1 Transport = "tls-h1"
+	// TLS2 is an EventSource request over HTTP/2 with TLS, one
+	// connection per listener, through net/http's HTTP/2 client.
+	TLS2 Transport = "h2"
+	// WebSocketTLS is a WebSocket over HTTP/1.1 with TLS, offering no
+	// subprotocol: each text or binary message is an event's data.
+	WebSocketTLS Transport = "ws-tls"
+)
 
 // config is what the parent sends the farm as its first line.
 type config struct {
@@ -100,6 +141,10 @@ type config struct {
 	Parallel       int           `json:"parallel"`
 	ConnectTimeout time.Duration `json:"connect_timeout"`
 	Reconnect      bool          `json:"reconnect"`
+	Transport      Transport     `json:"transport,omitempty"`
+	RootCAs        []byte        `json:"root_cas,omitempty"`
+	StreamsPerConn int           `json:"streams_per_conn,omitempty"`
+	StampedOnly    bool          `json:"stamped_only,omitempty"`
 }
 
 // Stats are the deliveries of one key.
@@ -196,7 +241,16 @@ func Start(t testing.TB, opts Options) *Farm {
 // New is [Start] without a test: it returns an error instead of failing
 // the test, and the caller must call [Farm.Close].
 func New(opts Options) (*Farm, error) {
-	cfg := config{Listeners: opts.Listeners, Parallel: opts.Parallel, ConnectTimeout: opts.ConnectTimeout, Reconnect: opts.Reconnect}
+	cfg := config{Listeners: opts.Listeners, Parallel: opts.Parallel, ConnectTimeout: opts.ConnectTimeout, Reconnect: opts.Reconnect,
+		Transport: opts.Transport, RootCAs: opts.RootCAs, StampedOnly: opts.StampedOnly, StreamsPerConn: opts.StreamsPerConn}
+	switch cfg.Transport {
+	case HTTP1, TLS1, TLS2, WebSocketTLS:
+	default:
+		return nil, fmt.Errorf("farm: unknown transport %q", cfg.Transport)
+	}
+	if cfg.Transport != HTTP1 && len(cfg.RootCAs) == 0 {
+		return nil, fmt.Errorf("farm: transport %q without RootCAs", cfg.Transport)
+	}
 	if cfg.Parallel <= 0 {
 		cfg.Parallel = 64
 	}
@@ -415,11 +469,14 @@ func Body(key string, sent time.Time, pad int) []byte {
 	return append(b, '}')
 }
 
+// stampPrefix starts a [Stamp] body.
+const stampPrefix = `{"farm":"`
+
 // parseStamp reads the key and send time of data if it is a [Stamp] body
 // whose "farm" field comes first and "sent" second, as encoding/json and
 // [Body] write them; else it returns data itself as the key.
 func parseStamp(data string) (key string, sent int64) {
-	const p1, p2 = `{"farm":"`, `","sent":`
+	const p1, p2 = stampPrefix, `","sent":`
 	rest, ok := cutPrefix(data, p1)
 	if !ok {
 		return data, 0
