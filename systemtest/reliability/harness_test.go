@@ -58,6 +58,12 @@ type target struct {
 	// reconnection goes to another instance.
 	bases []string
 	turn  atomic.Int64
+
+	// settle, when set, returns once every instance that serves
+	// listeners of channel ch holds the message with ID id, if it holds
+	// the channel at all: a relay of several instances applies a message
+	// on each a moment after Publish returned.
+	settle func(ctx context.Context, ch, id string) error
 }
 
 // newHTTPClient returns a client of its own for the target's listeners,
@@ -111,7 +117,44 @@ func redishubTarget(t testing.TB, opts hub.Options, n int) (*target, []*redishub
 		tg.bases = append(tg.bases, srv.URL)
 	}
 	tg.relay, tg.base = relays[0], tg.bases[0]
+	tg.settle = func(ctx context.Context, ch, id string) error {
+		want, err := relay.ParseMessageID(id)
+		if err != nil {
+			return err
+		}
+		for _, r := range relays {
+			if err := settled(ctx, r.Hub(), ch, want); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	return tg, relays
+}
+
+// settled returns once h's replica of channel ch holds the message with
+// ID want or a later one, or h has no replica of ch. The hub tells no
+// event of it, so it asks every millisecond.
+func settled(ctx context.Context, h *hub.Hub, ch string, want relay.MessageID) error {
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for {
+		info, err := h.Info(ctx, ch)
+		if errors.Is(err, relay.ErrChannelNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if last, err := relay.ParseMessageID(info.LastMessageID); err == nil && last.Compare(want) >= 0 {
+			return nil
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return fmt.Errorf("replica of %s short of %v: %w", ch, want, ctx.Err())
+		}
+	}
 }
 
 // serveHub serves h's listeners at /sub/{channel} on a real HTTP server on
