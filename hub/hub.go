@@ -242,8 +242,7 @@ func (h *Hub) appendLocked(c *chanState, msg *message, now time.Time) relay.Rece
 		w.msg = msg
 		close(w.c)
 	}
-	parked := c.parked
-	c.parked = nil
+	parked := c.takeParked(msg.pos)
 	receipt := relay.Receipt{ID: msg.id, Listeners: c.listeners, Queued: len(c.msgs)}
 	c.mu.Unlock()
 	h.budget.evict()

@@ -185,3 +185,43 @@ func (h *Hub) CloseUnlistened(channel string) bool {
 	c.close()
 	return true
 }
+
+// takeParked takes the parked streams whose position is before id, the
+// message being appended, to hand it to them, and leaves parked those whose
+// position is id or after it. Those are only found on a replica: a
+// listener that resumes in this process from a message that it had from
+// another one, before this replica applied it, is parked at once, and the
+// messages up to its position, as they come through [Hub.PublishAt], are
+// not for it (a listener waiting on the channel's wake skips them too, see
+// wake.sent). The caller holds c.mu for writing.
+func (c *chanState) takeParked(id relay.MessageID) []*hstream {
+	parked := c.parked
+	ahead := 0
+	for _, s := range parked {
+		if s.l.pos.Compare(id) >= 0 {
+			ahead++
+		}
+	}
+	if ahead == 0 {
+		c.parked = nil
+		return parked
+	}
+	// Publish and close take the whole slice, and the streams left keep
+	// theirs: a new one, whose slots are renumbered (see hstream.unpark).
+	keep := make([]*hstream, 0, ahead)
+	taken := parked[:0]
+	for _, s := range parked {
+		if s.l.pos.Compare(id) >= 0 {
+			s.slot = len(keep)
+			keep = append(keep, s)
+		} else {
+			taken = append(taken, s)
+		}
+	}
+	clear(parked[len(taken):])
+	c.parked = keep
+	if len(taken) == 0 {
+		return nil
+	}
+	return taken
+}

@@ -114,3 +114,45 @@ func TestReplicaListeners(t *testing.T) {
 		t.Errorf("OpenReplica after Shutdown: %v", err)
 	}
 }
+
+// TestReplicaResumeAhead: a listener that resumes from a message that the
+// replica has not applied yet (it came from another process, which had it
+// first) gets only the messages after it, once they come, and none twice:
+// on a hijacked stream, parked meanwhile, as on one served on the
+// ResponseWriter, which waits on the channel's wake.
+func TestReplicaResumeAhead(t *testing.T) {
+	for _, hijack := range []bool{true, false} {
+		t.Run(map[bool]string{true: "hijacked", false: "responsewriter"}[hijack], func(t *testing.T) {
+			h, srv := newTestHub(t, Options{})
+			h.noHijack = !hijack
+			if ok, err := h.OpenReplica(ch, id(100, 3)); !ok || err != nil {
+				t.Fatalf("OpenReplica = %v, %v", ok, err)
+			}
+			// The listener had 100:5 elsewhere; this replica is at 100:3.
+			s := openStream(t, srv.URL+"/sub/"+ch, http.Header{"Last-Event-Id": {"100:5"}})
+			if hijack {
+				eventually(t, "a parked stream", func() bool { return parkedCount(h, ch) == 1 })
+			} else {
+				waitListeners(t, h, ch, 1)
+			}
+			now := time.Now()
+			for _, i := range []int64{4, 5, 6} {
+				if ok, err := h.PublishAt(ch, id(100, i), now, text(id(100, i).String())); !ok || err != nil {
+					t.Fatalf("PublishAt(100:%d) = %v, %v", i, ok, err)
+				}
+			}
+			if ev := s.next(t); ev.id != "100:6" || ev.name != "" {
+				t.Errorf("got %+v, want 100:6, the first message after the listener's", ev)
+			}
+			if hijack {
+				eventually(t, "parked again", func() bool { return parkedCount(h, ch) == 1 })
+			}
+			if ok, _ := h.PublishAt(ch, id(100, 7), now, text("100:7")); !ok {
+				t.Fatal("PublishAt(100:7) refused")
+			}
+			if ev := s.next(t); ev.id != "100:7" || ev.name != "" {
+				t.Errorf("got %+v, want 100:7", ev)
+			}
+		})
+	}
+}

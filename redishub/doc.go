@@ -50,6 +50,9 @@
 // reader per instance applies each notification to its replica, which
 // hands it to the instance's listeners: a message is read from Redis once
 // per instance that has listeners of the channel, never once per listener.
+// A listener may resume on an instance whose replica has not applied its
+// last message yet (the notification is still on its way): it gets the
+// messages after its position as they come, and none up to it again.
 // A replica without local listeners for Options.ReplicaGrace is closed and
 // unsubscribed.
 //
