@@ -93,6 +93,23 @@
 // change the path or the query. Response bodies are always read and closed,
 // so connections are reused.
 //
+// # Transport
+//
+// Unless [Options.HTTPClient] is set, a Client sends its requests, to
+// http:// and https:// URLs alike, through a transport of its own:
+// github.com/valyala/fasthttp writes each request and parses each answer,
+// over a pool of keep-alive connections that the Client keeps itself, so
+// that it starts no goroutine and knows how far each attempt got, which
+// the retry rules need. A publish costs 3 allocations. The request target
+// is escaped by construction: the template is written again from its
+// parsed parts, so "http://127.0.0.1/pub lish/é/{channel}" sends
+// "POST /pub%20lish/%C3%A9/<id> HTTP/1.1", and the target goes out as it
+// is, never normalized. An answer whose header lines end with a bare LF is
+// refused; one with both Content-Length and Transfer-Encoding is read as
+// chunked and its connection is not used again. A DELETE carries
+// "Content-Length: 0". With Options.HTTPClient the same requests and retry
+// rules go through net/http.
+//
 // # Concurrency
 //
 // A Client is safe for concurrent use and starts no goroutine; it needs no

@@ -316,56 +316,50 @@ func (c *conn) readAnswer(method string) (status int, body []byte, keep bool, er
 func checkFraming(br *bufio.Reader) (ambiguous bool, err error) {
 	b, _ := br.Peek(br.Buffered())
 	start := 0 // of the current header block
-	scanned := 0
-	for {
-		// Find the end of the block starting at start, checking line ends.
-		end := -1
-		for i := scanned; i < len(b); i++ {
-			if b[i] != '\n' {
-				continue
-			}
-			if i == 0 || b[i-1] != '\r' {
-				return false, errBareLF
-			}
-			if i-start == 1 { // an empty line before the status line
-				start = i + 1
-				continue
-			}
-			if i-start >= 3 && b[i-2] == '\n' {
-				end = i + 1
-				break
-			}
-		}
-		if end < 0 {
-			scanned = len(b)
+	line := 0  // start of the current line
+	var hasLength, hasEncoding bool
+	for i := 0; ; i++ {
+		if i == len(b) {
 			if len(b) >= br.Size() {
 				return false, nil
 			}
-			var perr error
-			b, perr = br.Peek(len(b) + 1)
-			if perr != nil {
+			if _, err := br.Peek(len(b) + 1); err != nil {
 				return false, nil // fasthttp reports the broken answer
 			}
 			b, _ = br.Peek(br.Buffered())
+		}
+		if b[i] != '\n' {
 			continue
 		}
-		block := b[start:end]
-		if interim(block) {
-			start, scanned = end, end
-			continue
+		if i == 0 || b[i-1] != '\r' {
+			return false, errBareLF
 		}
-		var hasLength, hasEncoding bool
-		for line := range bytes.SplitSeq(block, []byte("\r\n")) {
-			name, _, ok := bytes.Cut(line, []byte{':'})
-			if !ok {
-				continue
+		l := b[line : i-1]
+		line = i + 1
+		switch {
+		case len(l) == 0 && i-1 == start: // an empty line before the status line
+			start = line
+		case len(l) == 0: // the end of a block
+			if !interim(b[start:i]) {
+				return hasLength && hasEncoding, nil
 			}
-			name = bytes.TrimRight(name, " \t")
-			hasLength = hasLength || bytes.EqualFold(name, []byte("Content-Length"))
-			hasEncoding = hasEncoding || bytes.EqualFold(name, []byte("Transfer-Encoding"))
+			start, hasLength, hasEncoding = line, false, false
+		case l[0]|0x20 == 'c':
+			hasLength = hasLength || headerName(l, "content-length")
+		case l[0]|0x20 == 't':
+			hasEncoding = hasEncoding || headerName(l, "transfer-encoding")
 		}
-		return hasLength && hasEncoding, nil
 	}
+}
+
+// headerName reports whether the header line l has the name lower, in any
+// case, with optional blanks before its colon.
+func headerName(l []byte, lower string) bool {
+	if len(l) <= len(lower) || !bytes.EqualFold(l[:len(lower)], []byte(lower)) {
+		return false
+	}
+	rest := bytes.TrimLeft(l[len(lower):], " \t")
+	return len(rest) > 0 && rest[0] == ':'
 }
 
 // interim reports whether a header block is an interim answer (1xx but

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/google/uuid"
@@ -606,6 +607,47 @@ func TestTransportLengthAndChunkedNotReused(t *testing.T) {
 	}
 	if n := srv.conns.Load(); n != 1 {
 		t.Errorf("%d connections for 3 publishes, want 1", n)
+	}
+}
+
+// checkFraming, on answers that arrive whole or a byte at a time.
+func TestCheckFraming(t *testing.T) {
+	for _, tc := range []struct {
+		answer    string
+		ambiguous bool
+		bareLF    bool
+	}{
+		{"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok", false, false},
+		{"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", false, false},
+		{"HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\nTRANSFER-ENCODING: chunked\r\n\r\n", true, false},
+		{"HTTP/1.1 202 Accepted\r\nTransfer-Encoding : chunked\r\nContent-Length\t: 2\r\n\r\n", true, false},
+		{"HTTP/1.1 202 Accepted\r\nContent-Type: x\r\nTransfer-Encoding-X: chunked\r\nContent-Length: 2\r\n\r\n", false, false},
+		{"HTTP/1.1 202 Accepted\r\nContent-Length-ish\r\n\r\n", false, false},
+		{"\r\nHTTP/1.1 202 Accepted\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n", true, false},
+		// An interim answer's headers do not count; the final one's do.
+		{"HTTP/1.1 100 Continue\r\nContent-Length: 2\r\n\r\nHTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n", false, false},
+		{"HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n", true, false},
+		// The body may hold anything.
+		{"HTTP/1.1 202 Accepted\r\nContent-Length: 3\r\n\r\na\nb", false, false},
+		{"HTTP/1.1 202 Accepted\nContent-Length: 2\n\nok", false, true},
+		{"HTTP/1.1 202 Accepted\r\nContent-Length: 2\n\r\nok", false, true},
+		// Broken off: left to fasthttp.
+		{"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n", false, false},
+	} {
+		for _, oneByte := range []bool{false, true} {
+			var r io.Reader = strings.NewReader(tc.answer)
+			if oneByte {
+				r = iotest.OneByteReader(r)
+			}
+			br := bufio.NewReaderSize(r, connBufferSize)
+			ambiguous, err := checkFraming(br)
+			if ambiguous != tc.ambiguous || errors.Is(err, errBareLF) != tc.bareLF || err != nil && !tc.bareLF {
+				t.Errorf("%q (a byte at a time %v): ambiguous %v, %v; want %v, bare LF %v", tc.answer, oneByte, ambiguous, err, tc.ambiguous, tc.bareLF)
+			}
+			if rest, _ := io.ReadAll(br); string(rest) != tc.answer {
+				t.Errorf("%q: checkFraming consumed the answer", tc.answer)
+			}
+		}
 	}
 }
 
