@@ -39,9 +39,9 @@ type Options struct {
 	// timeout, verifies https servers against the system's roots, sends user
 	// info in the URL as Basic authentication, and bounds each call by its
 	// context's deadline and cancellation. It starts no goroutine and
-	// allocates little: a publish costs a fraction of the CPU time it costs
-	// through net/http (see BenchmarkPublish). Redirects are returned, not
-	// followed.
+	// allocates little: 3 allocations per publish against net/http's 69,
+	// and less than half the time per publish from 16 or 64 goroutines
+	// (BenchmarkPublish). Redirects are returned, not followed.
 	HTTPClient *http.Client
 
 	// Logger receives a debug record for each retry and a warning when

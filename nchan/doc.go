@@ -51,12 +51,13 @@
 // first sends a GET and returns [relay.ErrChannelNotFound] on 404, without
 // creating anything. Publishing to a never-opened channel thus never creates
 // it. A burst of publishes to one channel costs one GET per second; an
-// isolated publish costs a GET and a POST, twice the time of a POST alone
-// (BenchmarkPublish: 243 µs against 118 µs sequentially, 55 µs against 25 µs
-// per publish from 16 goroutines, measured over net/http). Close forgets the
-// channel at once. What the TTL trades: a channel closed by another process, or reaped
-// by Nchan after its messages expired, can be re-created by a publish from
-// this Client within the TTL after its last check. Set ExistsTTL negative to
+// isolated publish costs a GET and a POST, about twice the time of a POST
+// alone (BenchmarkPublish, medians on a shared 2-core machine: 66 µs against
+// 37 µs sequentially, 40 µs against 18 µs per publish from 16 goroutines;
+// see BENCHMARKS.md). Close forgets the channel at once. What the TTL
+// trades: a channel closed by another process, or reaped by Nchan after its
+// messages expired, can be re-created by a publish from this Client within
+// the TTL after its last check. Set ExistsTTL negative to
 // check before every publish; even then a DELETE can slip between the GET
 // and the POST.
 //
