@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -521,6 +522,7 @@ func TestTransportHTTPS(t *testing.T) {
 			conns.Add(1)
 		}
 	}
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshake
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	ctx := ctxTimeout(t, 10*time.Second)
