@@ -74,11 +74,11 @@ func BenchmarkPublish(b *testing.B) {
 			return func(channel string) error { _, err := c.Publish(context.Background(), channel, msg); return err }
 		}},
 		{"client-nethttp", func() func(string) error {
-			c := newClient(b, n, "/pub/{channel}", Options{HTTPClient: &http.Client{Transport: newTransport()}})
+			c := newClient(b, n, "/pub/{channel}", Options{HTTPClient: &http.Client{Transport: netHTTPTransport()}})
 			return func(channel string) error { _, err := c.Publish(context.Background(), channel, msg); return err }
 		}},
 		{"raw", func() func(string) error {
-			hc := &http.Client{Transport: newTransport()}
+			hc := &http.Client{Transport: netHTTPTransport()}
 			return func(channel string) error {
 				req, err := http.NewRequest(http.MethodPost, n.URL+"/pub/"+channel, bytes.NewReader(body))
 				if err != nil {
@@ -204,7 +204,7 @@ func BenchmarkPublishVsWrk(b *testing.B) {
 		b.Run(fmt.Sprintf("conc%d", conc), func(b *testing.B) {
 			var opts Options
 			if os.Getenv("SESSIONPUSH_WRK_CLIENT") == "nethttp" {
-				opts.HTTPClient = &http.Client{Transport: newTransport()}
+				opts.HTTPClient = &http.Client{Transport: netHTTPTransport()}
 			}
 			c := newClient(b, n, "/pub/{channel}", opts)
 			defer c.CloseIdleConnections()

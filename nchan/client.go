@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -29,18 +28,20 @@ const (
 type Options struct {
 	// HTTPClient, if set, sends the requests through net/http. Its
 	// CheckRedirect is replaced (in a copy) so that a redirect is returned
-	// as an error rather than followed.
+	// as an error rather than followed. The retry rules are the same.
 	//
-	// Nil means the Client's own HTTP/1.1 transport for http:// URLs
-	// (https:// URLs and URLs with user info use a net/http client with the
-	// same settings): it keeps up to 128 idle keep-alive connections to the
-	// publisher (enough for 128 concurrent calls without reconnecting),
-	// closes them after 60 s idle (below nginx's keepalive_timeout of
-	// 75 s), uses no proxy, asks for no compression, dials with a 5 s
-	// timeout and bounds each call by its context's deadline and
-	// cancellation. It starts no goroutine and allocates little: a publish
-	// costs about a third of the CPU time it costs through net/http (see
-	// BenchmarkPublishVsWrk). Redirects are returned, not followed.
+	// Nil means the Client's own transport, for http:// and https:// URLs
+	// alike: HTTP/1.1 written and parsed by github.com/valyala/fasthttp over
+	// a pool of up to 128 idle keep-alive connections to the publisher
+	// (enough for 128 concurrent calls without reconnecting), each closed
+	// when found idle for 60 s or more (below nginx's keepalive_timeout of
+	// 75 s). It uses no proxy, asks for no compression, dials with a 5 s
+	// timeout, verifies https servers against the system's roots, sends user
+	// info in the URL as Basic authentication, and bounds each call by its
+	// context's deadline and cancellation. It starts no goroutine and
+	// allocates little: 3 allocations per publish against net/http's 69,
+	// and less than half the time per publish from 16 or 64 goroutines
+	// (BenchmarkPublish). Redirects are returned, not followed.
 	HTTPClient *http.Client
 
 	// Logger receives a debug record for each retry and a warning when
@@ -71,9 +72,9 @@ type Client struct {
 	prefix, suffix string // the template around {channel}
 	inQuery        bool   // {channel} is in the query: QueryEscape, else PathEscape
 
-	hc           *http.Client
-	wire         *wire  // nil: hc sends the requests
-	targetPrefix string // prefix without scheme and authority, for wire
+	hc           *http.Client // Options.HTTPClient (a copy), or nil
+	tr           *transport   // nil: hc sends the requests
+	targetPrefix string       // prefix without scheme and authority, for tr
 	log          *slog.Logger
 	maxRetryWait time.Duration
 	maxRetryTime time.Duration
@@ -117,22 +118,19 @@ func New(publisherURL string, opts Options) (*Client, error) {
 	if c.existsTTL == 0 {
 		c.existsTTL = defaultExistsTTL
 	}
-	var hc http.Client
 	if opts.HTTPClient != nil {
-		hc = *opts.HTTPClient
+		hc := *opts.HTTPClient
+		hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+		c.hc = &hc
 	} else {
-		hc.Transport = newTransport()
 		u, _ := url.Parse(prefix + "x" + suffix) // parsed by parseTemplate
-		if c.wire = newWire(u); c.wire != nil {
-			rest := prefix[len(u.Scheme)+len("://"):]
-			c.targetPrefix = rest[strings.IndexAny(rest, "/?"):]
-			if c.targetPrefix[0] == '?' {
-				c.targetPrefix = "/" + c.targetPrefix
-			}
+		c.tr = newTransport(u)
+		rest := prefix[len(u.Scheme)+len("://"):]
+		c.targetPrefix = rest[strings.IndexAny(rest, "/?"):]
+		if c.targetPrefix[0] == '?' {
+			c.targetPrefix = "/" + c.targetPrefix
 		}
 	}
-	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	c.hc = &hc
 	return c, nil
 }
 
@@ -140,20 +138,11 @@ func New(publisherURL string, opts Options) (*Client, error) {
 // the server, for example before the application exits or nginx is stopped
 // gracefully (nginx waits for open connections).
 func (c *Client) CloseIdleConnections() {
-	if c.wire != nil {
-		c.wire.closeIdle()
+	if c.tr != nil {
+		c.tr.closeIdle()
 	}
-	c.hc.CloseIdleConnections()
-}
-
-func newTransport() *http.Transport {
-	return &http.Transport{
-		Proxy:               nil,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        128,
-		MaxIdleConnsPerHost: 128,
-		IdleConnTimeout:     60 * time.Second,
-		DisableCompression:  true,
+	if c.hc != nil {
+		c.hc.CloseIdleConnections()
 	}
 }
 
@@ -244,7 +233,7 @@ func (c *Client) url(channel string) string {
 }
 
 // target is the request target (path and query) of a channel's publisher
-// URL, for wire, in three pieces.
+// URL, for the transport, in three pieces.
 func (c *Client) target(channel string) [3]string {
 	if c.inQuery {
 		return [3]string{c.targetPrefix, url.QueryEscape(channel), c.suffix}

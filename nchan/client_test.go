@@ -337,7 +337,12 @@ func TestLegacyCloseIsImmediate(t *testing.T) {
 }
 
 func TestRetry503WithinDeadline(t *testing.T) {
-	c, pm, fi, _ := legacy(t, Options{MaxRetryWait: 20 * time.Millisecond})
+	bothPaths(t, testRetry503WithinDeadline)
+}
+
+func testRetry503WithinDeadline(t *testing.T, opts Options) {
+	opts.MaxRetryWait = 20 * time.Millisecond
+	c, pm, fi, _ := legacy(t, opts)
 	ctx := ctxTimeout(t, 5*time.Second)
 	fi.add(503, 503, 503) // Open's GET, twice more
 	if _, err := c.Open(ctx, "r"); err != nil {
@@ -412,8 +417,12 @@ func TestOtherStatusesNotRetried(t *testing.T) {
 }
 
 func TestRetryConnectionErrors(t *testing.T) {
+	bothPaths(t, testRetryConnectionErrors)
+}
+
+func testRetryConnectionErrors(t *testing.T, opts Options) {
 	t.Run("dropped GET", func(t *testing.T) {
-		c, _, fi, _ := legacy(t, Options{})
+		c, _, fi, _ := legacy(t, opts)
 		ctx := ctxTimeout(t, 5*time.Second)
 		if _, err := c.Open(ctx, "d"); err != nil {
 			t.Fatal(err)
@@ -428,7 +437,7 @@ func TestRetryConnectionErrors(t *testing.T) {
 		}
 	})
 	t.Run("POST on a reused connection", func(t *testing.T) {
-		c, pm, fi, _ := legacy(t, Options{})
+		c, pm, fi, _ := legacy(t, opts)
 		ctx := ctxTimeout(t, 5*time.Second)
 		if _, err := c.Open(ctx, "d"); err != nil { // leaves an idle keep-alive connection
 			t.Fatal(err)
@@ -441,6 +450,12 @@ func TestRetryConnectionErrors(t *testing.T) {
 			t.Errorf("%d messages stored, want 1", len(ch.msgs))
 		}
 	})
+	if opts.HTTPClient == nil {
+		// The two below bring net/http clients of their own: they run in
+		// the net/http pass (TestTransportFreshConnectionPostNotRepeated
+		// and the fault tests' outages cover the Client's own transport).
+		return
+	}
 	t.Run("POST on a fresh connection is not repeated", func(t *testing.T) {
 		c, pm, fi, srv := legacy(t, Options{})
 		ctx := ctxTimeout(t, 5*time.Second)

@@ -184,8 +184,8 @@ func (tr *attemptTrace) clientTrace() *httptrace.ClientTrace {
 // error means the answer broke off while its body was read.
 func (c *Client) attempt(ctx context.Context, rq *request, pr *progress) (int, []byte, error) {
 	c.stats.request(rq.method)
-	if c.wire != nil {
-		return c.wire.roundTrip(ctx, c.target(rq.channel), rq, pr)
+	if c.tr != nil {
+		return c.tr.roundTrip(ctx, c.target(rq.channel), rq, pr)
 	}
 	tr := new(attemptTrace)
 	defer func() { pr.reused, pr.wrote, pr.firstByte = tr.reused.Load(), tr.wrote.Load(), tr.firstByte.Load() }()

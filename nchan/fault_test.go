@@ -25,10 +25,15 @@ func startFaultNchan(t *testing.T, redisAddr string, keepaliveRequests int) *ser
 }
 
 // nginx closing each connection after 5 requests (keepalive_requests 5)
-// while 8 goroutines publish: nothing is lost or doubled.
+// while 8 goroutines publish: nothing is lost or doubled, through the
+// Client's own transport and through net/http.
 func TestFaultNginxKeepaliveRequests(t *testing.T) {
+	bothPaths(t, testFaultNginxKeepaliveRequests)
+}
+
+func testFaultNginxKeepaliveRequests(t *testing.T, opts Options) {
 	n := startFaultNchan(t, "", 5)
-	c := newClient(t, n, "/pub/{channel}", Options{})
+	c := newClient(t, n, "/pub/{channel}", opts)
 	defer c.CloseIdleConnections()
 	ctx := ctxTimeout(t, 30*time.Second)
 	const workers, each = 8, 40

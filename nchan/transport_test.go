@@ -3,17 +3,21 @@ package nchan
 import (
 	"bufio"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/google/uuid"
@@ -21,8 +25,34 @@ import (
 	"github.com/sessionpush/sessionpush/relay"
 )
 
-// These tests are about the Client's own transport (wire), which it uses
-// for http:// URLs unless Options.HTTPClient is set.
+// These tests are about the Client's transport: its own (fasthttp over the
+// Client's connection pool) unless Options.HTTPClient is set. Those about
+// the retry rules run through both, with bothPaths.
+
+// netHTTPTransport is a net/http Transport with the settings of the
+// Client's own transport, for Options.HTTPClient in tests and benchmarks.
+func netHTTPTransport() *http.Transport {
+	return &http.Transport{
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        128,
+		MaxIdleConnsPerHost: 128,
+		IdleConnTimeout:     60 * time.Second,
+		DisableCompression:  true,
+	}
+}
+
+// bothPaths runs f as two subtests, with options for the Client's own
+// transport and for a net/http client (Options.HTTPClient) of the same
+// settings.
+func bothPaths(t *testing.T, f func(t *testing.T, opts Options)) {
+	t.Run("transport", func(t *testing.T) { f(t, Options{}) })
+	t.Run("nethttp", func(t *testing.T) {
+		tr := netHTTPTransport()
+		t.Cleanup(tr.CloseIdleConnections)
+		f(t, Options{HTTPClient: &http.Client{Transport: tr}})
+	})
+}
 
 const infoBody = "queued messages: 1\r\nlast requested: -1 sec. ago\r\nactive subscribers: 0\r\nlast message id: 1795742138:0"
 
@@ -92,7 +122,11 @@ func writeAnswer(w io.Writer, status int, extra, body string) {
 
 // A server that closes each connection after a few requests, saying so
 // (nginx's keepalive_requests), loses and doubles no publish.
-func TestWireKeepAliveLimit(t *testing.T) {
+func TestTransportKeepAliveLimit(t *testing.T) {
+	bothPaths(t, testKeepAliveLimit)
+}
+
+func testKeepAliveLimit(t *testing.T, opts Options) {
 	pm := newPushModule(t)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/publish", pm.publisher)
@@ -114,7 +148,7 @@ func TestWireKeepAliveLimit(t *testing.T) {
 	}
 	srv.Start()
 	t.Cleanup(srv.Close)
-	c, err := New(srv.URL+"/publish?channel={channel}", Options{})
+	c, err := New(srv.URL+"/publish?channel={channel}", opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +180,11 @@ func TestWireKeepAliveLimit(t *testing.T) {
 // A server that drops kept-alive connections without answering (as nginx
 // closing an idle connection while the request is on its way) makes the
 // Client retry on a new connection; nothing is lost or doubled.
-func TestWireDroppedKeepAliveRetried(t *testing.T) {
+func TestTransportDroppedKeepAliveRetried(t *testing.T) {
+	bothPaths(t, testDroppedKeepAliveRetried)
+}
+
+func testDroppedKeepAliveRetried(t *testing.T, opts Options) {
 	var posts, drops atomic.Int64
 	var seen atomic.Int64
 	srv := newRawServer(t, func(r *http.Request, nth int, w io.Writer) bool {
@@ -165,7 +203,7 @@ func TestWireDroppedKeepAliveRetried(t *testing.T) {
 		writeAnswer(w, 202, "", infoBody)
 		return true
 	})
-	c, err := New(srv.URL+"/pub/{channel}", Options{})
+	c, err := New(srv.URL+"/pub/{channel}", opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,12 +224,16 @@ func TestWireDroppedKeepAliveRetried(t *testing.T) {
 
 // A POST sent on a fresh connection that breaks without an answer may have
 // been published: it is not sent again.
-func TestWireFreshConnectionPostNotRepeated(t *testing.T) {
+func TestTransportFreshConnectionPostNotRepeated(t *testing.T) {
+	bothPaths(t, testFreshConnectionPostNotRepeated)
+}
+
+func testFreshConnectionPostNotRepeated(t *testing.T, opts Options) {
 	srv := newRawServer(t, func(r *http.Request, nth int, w io.Writer) bool {
 		io.Copy(io.Discard, r.Body)
 		return false
 	})
-	c, err := New(srv.URL+"/pub/{channel}", Options{})
+	c, err := New(srv.URL+"/pub/{channel}", opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +250,7 @@ func TestWireFreshConnectionPostNotRepeated(t *testing.T) {
 // nginx answers 413 (body too large) and 400 before reading the whole
 // request and closes the connection; the Client reports the status and
 // the next call works on a new connection.
-func TestWireEarlyAnswerClosesConnection(t *testing.T) {
+func TestTransportEarlyAnswerClosesConnection(t *testing.T) {
 	srv := newRawServer(t, func(r *http.Request, nth int, w io.Writer) bool {
 		switch {
 		case r.Method == http.MethodGet:
@@ -260,7 +302,11 @@ func TestWireEarlyAnswerClosesConnection(t *testing.T) {
 // A server that never answers: the context's deadline, or its
 // cancellation, ends the call with the context's error, and the POST is not
 // sent again.
-func TestWireContextEndsCall(t *testing.T) {
+func TestTransportContextEndsCall(t *testing.T) {
+	bothPaths(t, testContextEndsCall)
+}
+
+func testContextEndsCall(t *testing.T, opts Options) {
 	got := make(chan struct{}, 10)
 	release := make(chan struct{})
 	srv := newRawServer(t, func(r *http.Request, nth int, w io.Writer) bool {
@@ -270,7 +316,7 @@ func TestWireContextEndsCall(t *testing.T) {
 		return false
 	})
 	t.Cleanup(func() { close(release) }) // before the server's cleanup
-	c, err := New(srv.URL+"/pub/{channel}", Options{})
+	c, err := New(srv.URL+"/pub/{channel}", opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,17 +360,20 @@ func TestWireContextEndsCall(t *testing.T) {
 	}
 }
 
-// Answers in the forms other servers use: chunked, HTTP/1.0, no length.
-func TestWireAnswerForms(t *testing.T) {
+// Answers in the forms other servers use: chunked, HTTP/1.0, no length; and
+// malformed ones, refused (header lines ending in a bare LF among them: HTTP/1.1
+// wants CRLF).
+func TestTransportAnswerForms(t *testing.T) {
 	forms := map[string]string{
 		"chunked": "HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n" +
 			fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(infoBody), infoBody),
 		"http10":   "HTTP/1.0 202 Accepted\r\nContent-Length: " + strconv.Itoa(len(infoBody)) + "\r\n\r\n" + infoBody,
 		"unsized":  "HTTP/1.1 202 Accepted\r\nConnection: close\r\n\r\n" + infoBody,
 		"interim":  "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\nContent-Length: " + strconv.Itoa(len(infoBody)) + "\r\n\r\n" + infoBody,
-		"lf-only":  "HTTP/1.1 202 Accepted\nContent-Length: " + strconv.Itoa(len(infoBody)) + "\n\n" + infoBody,
+		"bad-lf":   "HTTP/1.1 202 Accepted\nContent-Length: " + strconv.Itoa(len(infoBody)) + "\n\n" + infoBody,
 		"garbage":  "SMTP ready\r\n\r\n",
 		"bad-size": "HTTP/1.1 202 Accepted\r\nContent-Length: x\r\n\r\n",
+		"bad-101":  "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
 	}
 	for name, answer := range forms {
 		t.Run(name, func(t *testing.T) {
@@ -355,10 +404,10 @@ func TestWireAnswerForms(t *testing.T) {
 	}
 }
 
-// What goes on the wire: the request target from the template (path or
-// query), Host, Content-Length only where a body belongs (0 for an empty PUT
-// or POST), nothing else beyond the message's headers.
-func TestWireRequestShape(t *testing.T) {
+// What the transport sends: the request target from the template (path or
+// query), Host, Content-Length for every method but GET (0 for an empty PUT,
+// POST or DELETE), nothing else beyond the message's headers.
+func TestTransportRequestShape(t *testing.T) {
 	type seen struct {
 		method, uri, host string
 		length            int64
@@ -408,7 +457,7 @@ func TestWireRequestShape(t *testing.T) {
 				t.Errorf("%s: %s %s Host %s length %d TE %v; want %s %s length %d", tc.tmpl, s.method, s.uri, s.host, s.length, s.te, w.method, tc.uri, w.length)
 			}
 			_, hasLength := s.header["Content-Length"]
-			if hasLength != (w.method == "PUT" || w.method == "POST") {
+			if hasLength != (w.method != "GET") {
 				t.Errorf("%s %s: Content-Length present %v", tc.tmpl, w.method, hasLength)
 			}
 			if w.method == "POST" && (s.header.Get("Content-Type") != "text/plain" || s.header.Get("X-EventSource-Event") != "e" || len(s.header) != 3) {
@@ -418,26 +467,217 @@ func TestWireRequestShape(t *testing.T) {
 	}
 }
 
-// https URLs and URLs with user info go through net/http.
-func TestWireOnlyForPlainHTTP(t *testing.T) {
-	for tmpl, wantWire := range map[string]bool{
-		"http://127.0.0.1:1/pub/{channel}":     true,
-		"http://localhost/pub/{channel}":       true,
-		"https://127.0.0.1:1/pub/{channel}":    false,
-		"http://u:p@127.0.0.1:1/pub/{channel}": false,
-		"http://[::1]:8080/pub/{channel}":      true,
+// Every http and https URL goes through the Client's own transport, unless
+// Options.HTTPClient is set: the address it dials (default port for the
+// scheme), the Host header, TLS for https, Basic authentication for user
+// info.
+func TestTransportForEveryURL(t *testing.T) {
+	for _, tc := range []struct {
+		tmpl, addr, host, serverName, auth string
+	}{
+		{"http://127.0.0.1:1/pub/{channel}", "127.0.0.1:1", "127.0.0.1:1", "", ""},
+		{"http://localhost/pub/{channel}", "localhost:80", "localhost", "", ""},
+		{"https://127.0.0.1:1/pub/{channel}", "127.0.0.1:1", "127.0.0.1:1", "127.0.0.1", ""},
+		{"https://example.com/pub/{channel}", "example.com:443", "example.com", "example.com", ""},
+		{"http://u:p@127.0.0.1:1/pub/{channel}", "127.0.0.1:1", "127.0.0.1:1", "", "Basic dTpw"},
+		{"http://[::1]:8080/pub/{channel}", "[::1]:8080", "[::1]:8080", "", ""},
+		{"http://[::1]/pub/{channel}", "[::1]:80", "[::1]", "", ""},
 	} {
-		c, err := New(tmpl, Options{})
+		c, err := New(tc.tmpl, Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if (c.wire != nil) != wantWire {
-			t.Errorf("%s: own transport %v, want %v", tmpl, c.wire != nil, wantWire)
+		if c.tr == nil || c.hc != nil {
+			t.Fatalf("%s: not through the Client's own transport", tc.tmpl)
+		}
+		serverName := ""
+		if c.tr.tlsConfig != nil {
+			serverName = c.tr.tlsConfig.ServerName
+		}
+		if c.tr.addr != tc.addr || c.tr.host != tc.host || serverName != tc.serverName || (c.tr.tlsConfig != nil) != (tc.serverName != "") || c.tr.auth != tc.auth {
+			t.Errorf("%s: dial %q Host %q TLS %q auth %q; want %q %q %q %q", tc.tmpl, c.tr.addr, c.tr.host, serverName, c.tr.auth, tc.addr, tc.host, tc.serverName, tc.auth)
 		}
 	}
-	c, _ := New("http://localhost/pub/{channel}", Options{})
-	if c.wire.addr != "localhost:80" || c.wire.host != "localhost" {
-		t.Errorf("default port: dial %q Host %q", c.wire.addr, c.wire.host)
+	c, _ := New("https://127.0.0.1:1/pub/{channel}", Options{HTTPClient: &http.Client{}})
+	if c.tr != nil || c.hc == nil {
+		t.Error("Options.HTTPClient set: not through net/http")
+	}
+}
+
+// An https publisher: TLS through the Client's own transport, its
+// connection kept alive; a server whose certificate is not trusted is
+// refused.
+func TestTransportHTTPS(t *testing.T) {
+	var conns atomic.Int64
+	var auth atomic.Value
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		auth.Store(r.Header.Get("Authorization"))
+		if r.Method == http.MethodPost {
+			w.WriteHeader(http.StatusAccepted)
+		}
+		io.WriteString(w, infoBody)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshake
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	ctx := ctxTimeout(t, 10*time.Second)
+
+	untrusted, err := New(srv.URL+"/pub/{channel}", Options{MaxRetryTime: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var unknown x509.UnknownAuthorityError
+	if _, err := untrusted.Info(ctx, "s"); !errors.As(err, &unknown) {
+		t.Errorf("Info from a server of an unknown authority: %v, want x509.UnknownAuthorityError", err)
+	}
+
+	u, _ := url.Parse(srv.URL)
+	u.User = url.UserPassword("pub", "secret")
+	c, err := New(u.String()+"/pub/{channel}", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(srv.Certificate())
+	c.tr.tlsConfig.RootCAs = roots
+	defer c.CloseIdleConnections()
+	if _, err := c.Info(ctx, "s"); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if r, err := c.Publish(ctx, "s", relay.Message{Body: []byte("x")}); err != nil || r.ID != "1795742138:0" {
+			t.Fatalf("Publish over TLS: %+v, %v", r, err)
+		}
+	}
+	if n := conns.Load(); n != 2 { // the refused one, and one kept alive
+		t.Errorf("%d TLS connections, want 2", n)
+	}
+	if got, want := auth.Load(), "Basic cHViOnNlY3JldA=="; got != want {
+		t.Errorf("Authorization %q, want %q", got, want)
+	}
+}
+
+// An answer with both Content-Length and Transfer-Encoding, which a server
+// and a client may frame differently (the means of response splitting): it
+// is read as chunked (RFC 9112 §6.3: Transfer-Encoding overrides), and its
+// connection is not used again.
+func TestTransportLengthAndChunkedNotReused(t *testing.T) {
+	chunked := fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(infoBody), infoBody)
+	for name, header := range map[string]string{
+		"length first":   "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+		"encoding first": "Transfer-Encoding: chunked\r\ncontent-length : 5\r\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			srv := newRawServer(t, func(r *http.Request, nth int, w io.Writer) bool {
+				io.Copy(io.Discard, r.Body)
+				io.WriteString(w, "HTTP/1.1 202 Accepted\r\n"+header+"\r\n"+chunked)
+				return true // the server would go on
+			})
+			c, err := New(srv.URL+"/pub/{channel}", Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.markOpen("a")
+			ctx := ctxTimeout(t, 10*time.Second)
+			for range 3 {
+				if r, err := c.Publish(ctx, "a", relay.Message{Body: []byte("x")}); err != nil || r.ID != "1795742138:0" {
+					t.Fatalf("Publish: %+v, %v", r, err)
+				}
+			}
+			if n := srv.conns.Load(); n != 3 {
+				t.Errorf("%d connections for 3 publishes, want 3 (none reused)", n)
+			}
+		})
+	}
+	// The same answer with Content-Length alone is kept alive.
+	srv := newRawServer(t, func(r *http.Request, nth int, w io.Writer) bool {
+		io.Copy(io.Discard, r.Body)
+		writeAnswer(w, 202, "", infoBody)
+		return true
+	})
+	c, _ := New(srv.URL+"/pub/{channel}", Options{})
+	c.markOpen("a")
+	for range 3 {
+		if _, err := c.Publish(ctxTimeout(t, 10*time.Second), "a", relay.Message{Body: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := srv.conns.Load(); n != 1 {
+		t.Errorf("%d connections for 3 publishes, want 1", n)
+	}
+}
+
+// checkFraming, on answers that arrive whole or a byte at a time.
+func TestCheckFraming(t *testing.T) {
+	for _, tc := range []struct {
+		answer    string
+		ambiguous bool
+		bareLF    bool
+	}{
+		{"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok", false, false},
+		{"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", false, false},
+		{"HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\nTRANSFER-ENCODING: chunked\r\n\r\n", true, false},
+		{"HTTP/1.1 202 Accepted\r\nTransfer-Encoding : chunked\r\nContent-Length\t: 2\r\n\r\n", true, false},
+		{"HTTP/1.1 202 Accepted\r\nContent-Type: x\r\nTransfer-Encoding-X: chunked\r\nContent-Length: 2\r\n\r\n", false, false},
+		{"HTTP/1.1 202 Accepted\r\nContent-Length-ish\r\n\r\n", false, false},
+		{"\r\nHTTP/1.1 202 Accepted\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n", true, false},
+		// An interim answer's headers do not count; the final one's do.
+		{"HTTP/1.1 100 Continue\r\nContent-Length: 2\r\n\r\nHTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n", false, false},
+		{"HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n", true, false},
+		// The body may hold anything.
+		{"HTTP/1.1 202 Accepted\r\nContent-Length: 3\r\n\r\na\nb", false, false},
+		{"HTTP/1.1 202 Accepted\nContent-Length: 2\n\nok", false, true},
+		{"HTTP/1.1 202 Accepted\r\nContent-Length: 2\n\r\nok", false, true},
+		// Broken off: left to fasthttp.
+		{"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n", false, false},
+	} {
+		for _, oneByte := range []bool{false, true} {
+			var r io.Reader = strings.NewReader(tc.answer)
+			if oneByte {
+				r = iotest.OneByteReader(r)
+			}
+			br := bufio.NewReaderSize(r, connBufferSize)
+			ambiguous, err := checkFraming(br)
+			if ambiguous != tc.ambiguous || errors.Is(err, errBareLF) != tc.bareLF || err != nil && !tc.bareLF {
+				t.Errorf("%q (a byte at a time %v): ambiguous %v, %v; want %v, bare LF %v", tc.answer, oneByte, ambiguous, err, tc.ambiguous, tc.bareLF)
+			}
+			if rest, _ := io.ReadAll(br); string(rest) != tc.answer {
+				t.Errorf("%q: checkFraming consumed the answer", tc.answer)
+			}
+		}
+	}
+}
+
+// An answer whose body is larger than the Client reads gives its status
+// and the start of its body; the connection is not used again.
+func TestTransportLargeAnswer(t *testing.T) {
+	big := strings.Repeat("x", maxBody+1)
+	srv := newRawServer(t, func(r *http.Request, nth int, w io.Writer) bool {
+		io.Copy(io.Discard, r.Body)
+		if r.Method == http.MethodGet {
+			writeAnswer(w, 502, "", big)
+			return true
+		}
+		writeAnswer(w, 202, "", infoBody)
+		return true
+	})
+	c, _ := New(srv.URL+"/pub/{channel}", Options{})
+	ctx := ctxTimeout(t, 10*time.Second)
+	var e *Error
+	if _, err := c.Info(ctx, "a"); !errors.As(err, &e) || e.Status != 502 {
+		t.Fatalf("Info answered 502 with a large body: %v, want a 502 *Error", err)
+	}
+	c.markOpen("a")
+	if _, err := c.Publish(ctx, "a", relay.Message{Body: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	if n := srv.conns.Load(); n != 2 {
+		t.Errorf("%d connections, want 2", n)
 	}
 }
 
