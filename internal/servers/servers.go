@@ -3,6 +3,7 @@ package servers
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -71,16 +72,53 @@ func lookPath(binary string) (string, error) {
 	return "", fmt.Errorf("%q not found in PATH, /usr/sbin or /sbin", binary)
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago: it
-// listens on port 0, notes the port and closes the listener.
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago, for
+// a server that a test starts later. It picks at random below the kernel's
+// ephemeral range (where outgoing connections take their local ports, so
+// that the many clients of tests running beside it cannot take the port
+// meanwhile), checks that it can listen there and closes the listener; it
+// falls back to a port from the kernel (listening on port 0).
 func FreePort(t testing.TB) int {
 	t.Helper()
+	low := ephemeralLow()
+	for range 50 {
+		if low <= minPort {
+			break
+		}
+		port := minPort + rand.IntN(low-minPort)
+		if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			ln.Close()
+			return port
+		}
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("servers: finding a free port: %v", err)
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// minPort is the lowest port FreePort picks: above the registered services
+// that a test machine may run.
+const minPort = 20000
+
+// ephemeralLow is the first port of the kernel's ephemeral range (Linux's
+// ip_local_port_range; 32768, its default, elsewhere).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 32768
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 32768
+	}
+	return n
 }
 
 // serverDir makes a t.TempDir() that processes running as another user (nginx

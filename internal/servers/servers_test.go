@@ -345,3 +345,20 @@ func TestNginxStopWithIdleKeepAlive(t *testing.T) {
 		}
 	}
 }
+
+// TestFreePortBelowEphemeral: FreePort's port can be listened on and lies
+// outside the range the kernel gives outgoing connections.
+func TestFreePortBelowEphemeral(t *testing.T) {
+	low := ephemeralLow()
+	for range 20 {
+		p := FreePort(t)
+		if low > minPort && (p < minPort || p >= low) {
+			t.Fatalf("FreePort = %d; want one in [%d, %d)", p, minPort, low)
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			t.Fatalf("listening on FreePort's %d: %v", p, err)
+		}
+		ln.Close()
+	}
+}
