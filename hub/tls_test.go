@@ -167,8 +167,13 @@ func TestTLSIdleListeners(t *testing.T) {
 				mustOpen(t, h, c)
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				defer cancel()
+				// A transport of its own: an idle connection left by the
+				// subtests before could be closed by the server just as
+				// the handshake reuses it, which is not under test here.
+				tr := client.Transport.(*http.Transport).Clone()
+				t.Cleanup(tr.CloseIdleConnections)
 				conn, _, err := websocket.Dial(ctx, "wss"+strings.TrimPrefix(srv.URL, "https")+"/sub/"+c,
-					&websocket.DialOptions{HTTPClient: client})
+					&websocket.DialOptions{HTTPClient: &http.Client{Transport: tr}})
 				if err != nil {
 					t.Fatal(err)
 				}
