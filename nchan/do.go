@@ -106,10 +106,10 @@ func (c *Client) do(ctx context.Context, rq request) (result, error) {
 			slog.String("op", rq.op), slog.String("channel", rq.channel),
 			slog.Int("attempt", attempt), slog.Int("status", lastStatus),
 			slog.Any("error", lastErr), slog.Duration("wait", wait))
-		c.stats.retries.Add(1)
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
+			c.stats.retries.Add(1) // counted once it is sure to be sent
 		case <-ctx.Done():
 			t.Stop()
 			return res, ctxError(ctx, rq, lastStatus, lastErr)
