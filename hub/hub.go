@@ -591,11 +591,12 @@ type chanState struct {
 	wake         *wake
 	closed       bool
 	listeners    int
-	parked       []*hstream // idle hijacked streams, caught up; see hstream.slot
-	maxListeners int        // the cap of listeners; negative: none
-	requested    time.Time  // when a listener last connected; zero: never
-	budget       *budget    // the hub's, which counts msgs
-	modSec       int64      // the second of modStr, reused within a second
+	parked       []*hstream      // idle hijacked streams, caught up; see hstream.slot
+	parkedAhead  relay.MessageID // the newest position of a stream parked ahead of last (see takeParked); zero: none
+	maxListeners int             // the cap of listeners; negative: none
+	requested    time.Time       // when a listener last connected; zero: never
+	budget       *budget         // the hub's, which counts msgs
+	modSec       int64           // the second of modStr, reused within a second
 	modStr       string
 }
 

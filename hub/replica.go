@@ -193,9 +193,15 @@ func (h *Hub) CloseUnlistened(channel string) bool {
 // another one, before this replica applied it, is parked at once, and the
 // messages up to its position, as they come through [Hub.PublishAt], are
 // not for it (a listener waiting on the channel's wake skips them too, see
-// wake.sent). The caller holds c.mu for writing.
+// wake.sent). Unless such a stream may be parked (c.parkedAhead), it takes
+// them all without looking. The caller holds c.mu for writing.
 func (c *chanState) takeParked(id relay.MessageID) []*hstream {
 	parked := c.parked
+	if c.parkedAhead.Compare(id) < 0 { // every parked stream is before id
+		c.parkedAhead = relay.MessageID{}
+		c.parked = nil
+		return parked
+	}
 	ahead := 0
 	for _, s := range parked {
 		if s.l.pos.Compare(id) >= 0 {

@@ -250,6 +250,9 @@ func (s *hstream) park(gap bool) {
 	s.slot = len(c.parked)
 	c.parked = append(c.parked, s)
 	s.gap = gap
+	if s.l.pos.Compare(c.last) > 0 && s.l.pos.Compare(c.parkedAhead) > 0 {
+		c.parkedAhead = s.l.pos
+	}
 }
 
 // put writes b, waiting within Options.WriteTimeout; a failure is kept
