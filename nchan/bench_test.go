@@ -297,17 +297,11 @@ func benchBody() []byte {
 
 // procCPU is the CPU time (user and system) that process pid has used.
 func procCPU(b *testing.B, pid int) time.Duration {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	d, err := servers.ProcCPU(pid)
 	if err != nil {
 		b.Fatal(err)
 	}
-	// Fields after the command, which is in parentheses: state is 3,
-	// utime 14, stime 15, in clock ticks (100 a second on Linux).
-	_, rest, _ := strings.Cut(string(raw), ") ")
-	f := strings.Fields(rest)
-	utime, _ := strconv.ParseInt(f[11], 10, 64)
-	stime, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(utime+stime) * 10 * time.Millisecond
+	return d
 }
 
 // selfCPU is the CPU time that this process has used.

@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -271,6 +273,54 @@ func tail(path string, n int) string {
 		return "(empty)"
 	}
 	return string(b)
+}
+
+// clockTick is USER_HZ, the unit of /proc/<pid>/stat's CPU times: 100 on
+// Linux (x86, arm64).
+const clockTick = 100
+
+// ProcCPU returns the user and system CPU time of process pid, all its
+// threads, from /proc/<pid>/stat (in clock ticks of 10 ms).
+func ProcCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) is in parentheses and may hold spaces.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, s)
+	}
+	f := strings.Fields(s[i+1:])
+	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, s)
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, s)
+	}
+	return time.Duration(ut+st) * time.Second / clockTick, nil
+}
+
+// Memory is a process's memory, in bytes: resident (VmRSS), and of that
+// the Go heap and goroutine stacks in use.
+type Memory struct{ RSS, Heap, Stack float64 }
+
+// SelfMemory returns this process's Memory, after a collection that
+// returns freed memory to the system.
+func SelfMemory() (Memory, error) {
+	runtime.GC()
+	debug.FreeOSMemory()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	kb, err := ProcStatus("self", "VmRSS")
+	if err != nil {
+		return Memory{}, err
+	}
+	return Memory{RSS: float64(kb) * 1024, Heap: float64(ms.HeapInuse), Stack: float64(ms.StackInuse)}, nil
 }
 
 // ProcStatus returns a field of /proc/<pid>/status that is counted in KiB,

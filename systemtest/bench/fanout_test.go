@@ -6,8 +6,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"runtime"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -126,32 +124,42 @@ func publishBurst(t *testing.T, s *side, ids []string, p int, key string, n int,
 		t.Fatal(err)
 	}
 	ctx := context.Background()
+	start := time.Now()
+	publishAll(t, s.name, len(ids), p, func(i int) error {
+		// The intended send time: the burst's start, or the message's
+		// slot in the paced schedule. Latency counts from it (as wrk2
+		// does, against coordinated omission), so a message that waits
+		// for a free publisher, in this process or in a relay's HTTP
+		// round trip, counts the wait.
+		intended := start
+		if pace > 0 {
+			intended = start.Add(time.Duration(float64(i) / pace * float64(time.Second)))
+			// Pacing, not synchronisation: the send schedule.
+			time.Sleep(time.Until(intended))
+		}
+		m := relay.Message{Body: farm.Body(key, intended, 0), ContentType: "application/json"}
+		_, err := s.rel.Publish(ctx, ids[i], m)
+		return err
+	})
+	return awaitBurst(t, s.name, s.f, s.keys, key, n, start, s.cpu, cpu0)
+}
+
+// publishAll calls send(i) for each i in [0, n) from p goroutines, and fails
+// the test, naming who, at the first error.
+func publishAll(t *testing.T, who string, n, p int, send func(i int) error) {
 	var (
 		next atomic.Int64
 		wg   sync.WaitGroup
 		fail atomic.Value
 	)
-	start := time.Now()
-	for range min(p, len(ids)) {
+	for range min(p, n) {
 		wg.Go(func() {
 			for {
 				i := next.Add(1) - 1
-				if i >= int64(len(ids)) {
+				if i >= int64(n) {
 					return
 				}
-				// The intended send time: the burst's start, or the
-				// message's slot in the paced schedule. Latency counts
-				// from it (as wrk2 does, against coordinated omission),
-				// so a message that waits for a free publisher, in this
-				// process or in a relay's HTTP round trip, counts the wait.
-				intended := start
-				if pace > 0 {
-					intended = start.Add(time.Duration(float64(i) / pace * float64(time.Second)))
-					// Pacing, not synchronisation: the send schedule.
-					time.Sleep(time.Until(intended))
-				}
-				m := relay.Message{Body: farm.Body(key, intended, 0), ContentType: "application/json"}
-				if _, err := s.rel.Publish(ctx, ids[i], m); err != nil {
+				if err := send(int(i)); err != nil {
 					fail.CompareAndSwap(nil, err)
 					return
 				}
@@ -160,14 +168,21 @@ func publishBurst(t *testing.T, s *side, ids []string, p int, key string, n int,
 	}
 	wg.Wait()
 	if err, _ := fail.Load().(error); err != nil {
-		t.Fatalf("%s: publish: %v", s.name, err)
+		t.Fatalf("%s: publish: %v", who, err)
 	}
-	st, err := s.f.Wait(key, n, 2*time.Minute)
+}
+
+// awaitBurst waits for n deliveries of key on f and returns the round from
+// start, with the CPU per delivery that cpu counted since cpu0; keys are
+// every key published to f, for the report of a failure.
+func awaitBurst(t *testing.T, who string, f *farm.Farm, keys []string, key string, n int, start time.Time,
+	cpu func() (time.Duration, error), cpu0 time.Duration) burst {
+	st, err := f.Wait(key, n, 2*time.Minute)
 	if err != nil {
-		v, _ := s.f.Check(s.keys, 0)
-		t.Fatalf("%s %s: %v (%d of %d deliveries): %s", s.name, key, err, st.Count, n, v)
+		v, _ := f.Check(keys, 0)
+		t.Fatalf("%s %s: %v (%d of %d deliveries): %s", who, key, err, st.Count, n, v)
 	}
-	cpu1, err := s.cpu()
+	cpu1, err := cpu()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,18 +213,14 @@ func broadcastRound(t *testing.T, s *side, mgr *sessionpush.Manager, key string,
 }
 
 // memory is a process's memory at one moment, in bytes.
-type memory struct{ rss, heap, stack float64 }
+type memory = servers.Memory
 
 func selfMemory(t *testing.T) memory {
-	runtime.GC()
-	debug.FreeOSMemory()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	kb, err := servers.ProcStatus("self", "VmRSS")
+	m, err := servers.SelfMemory()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return memory{rss: float64(kb) * 1024, heap: float64(ms.HeapInuse), stack: float64(ms.StackInuse)}
+	return m
 }
 
 func workerRSS(t *testing.T, pid int) float64 {
@@ -308,12 +319,12 @@ func fanoutFigures(t *testing.T, cfg suiteConfig, out *rows) {
 		ngxAfter := workerRSS(t, worker)
 		per := func(a, b float64) []float64 { return []float64{(a - b) / float64(n) / 1024} }
 		out.add(row{fig: "4", measure: fmt.Sprintf("memory per idle EventSource listener at %d", n), note: "process RSS growth",
-			subject: "embedded", base: "nginx worker", unit: "KiB", subj: per(after.rss, before.rss), baseV: per(ngxAfter, ngxBefore),
+			subject: "embedded", base: "nginx worker", unit: "KiB", subj: per(after.RSS, before.RSS), baseV: per(ngxAfter, ngxBefore),
 			target: "embedded ≤ 16 KiB", holds: func(s, _, _ float64) bool { return s <= 16 }})
 		out.add(row{fig: "4", measure: "of which Go heap (HeapInuse)", subject: "embedded", unit: "KiB",
-			subj: per(after.heap, before.heap)})
+			subj: per(after.Heap, before.Heap)})
 		out.add(row{fig: "4", measure: "of which goroutine stacks (StackInuse)", subject: "embedded", unit: "KiB",
-			subj: per(after.stack, before.stack)})
+			subj: per(after.Stack, before.Stack)})
 
 		// Figure 3: one message to each of the N channels.
 		var e, g []burst

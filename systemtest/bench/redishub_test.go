@@ -284,7 +284,7 @@ type fleetBurst struct {
 	burst
 	redisCPU        time.Duration // per delivery
 	calls, scripts  float64       // Redis commands per message
-	tripsPerMessage float64       // round trips to Redis per message, NaN: unknown
+	tripsPerMessage float64       // round trips to Redis per message; negative: unknown
 }
 
 // fleetRound publishes one message to each of the n channels from p
@@ -292,7 +292,7 @@ type fleetBurst struct {
 func fleetRound(t *testing.T, s *fleet, n, p int, key string) fleetBurst {
 	s.keys = append(s.keys, key)
 	calls0 := commandCalls(t, s.rdb)
-	rcpu0, err := procStatCPU(s.redis)
+	rcpu0, err := servers.ProcCPU(s.redis)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,49 +304,17 @@ func fleetRound(t *testing.T, s *fleet, n, p int, key string) fleetBurst {
 	if s.trips != nil {
 		trips0 = s.trips()
 	}
-	var (
-		next atomic.Int64
-		wg   sync.WaitGroup
-		fail atomic.Value
-	)
 	start := time.Now()
-	for range min(p, n) {
-		wg.Go(func() {
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(n) {
-					return
-				}
-				m := relay.Message{Body: farm.Body(key, start, 0), ContentType: "application/json"}
-				if err := s.publish(context.Background(), int(i), m); err != nil {
-					fail.CompareAndSwap(nil, err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if err, _ := fail.Load().(error); err != nil {
-		t.Fatalf("%s: publish: %v", s.name, err)
-	}
-	st, err := s.f.Wait(key, n, 2*time.Minute)
-	if err != nil {
-		v, _ := s.f.Check(s.keys, 0)
-		t.Fatalf("%s %s: %v (%d of %d deliveries): %s", s.name, key, err, st.Count, n, v)
-	}
-	cpu1, err := s.cpu()
-	if err != nil {
-		t.Fatal(err)
-	}
-	rcpu1, err := procStatCPU(s.redis)
+	publishAll(t, s.name, n, p, func(i int) error {
+		return s.publish(context.Background(), i, relay.Message{Body: farm.Body(key, start, 0), ContentType: "application/json"})
+	})
+	b := fleetBurst{tripsPerMessage: -1}
+	b.burst = awaitBurst(t, s.name, s.f, s.keys, key, n, start, s.cpu, cpu0)
+	rcpu1, err := servers.ProcCPU(s.redis)
 	if err != nil {
 		t.Fatal(err)
 	}
 	calls1 := commandCalls(t, s.rdb)
-	b := fleetBurst{tripsPerMessage: -1}
-	el := st.Last.Sub(start)
-	b.burst = burst{rate: float64(n) / el.Seconds(), elapsed: el, p50: st.P50, p99: st.P99,
-		cpuPerDelivery: (cpu1 - cpu0) / time.Duration(n)}
 	b.redisCPU = (rcpu1 - rcpu0) / time.Duration(n)
 	b.calls = float64(calls1.all-calls0.all) / float64(n)
 	b.scripts = float64(calls1.scripts-calls0.scripts) / float64(n)
@@ -430,7 +398,7 @@ func redishubFigures(t *testing.T, cfg suiteConfig, out *rows) {
 			}
 			if r > 0 {
 				hubMem = append(hubMem, memDelta(after, before, n))
-				t.Logf("round %d: embedded %.2f KiB per idle listener", r, hubMem[len(hubMem)-1].rss/1024)
+				t.Logf("round %d: embedded %.2f KiB per idle listener", r, hubMem[len(hubMem)-1].RSS/1024)
 			}
 			if err := f.Close(); err != nil {
 				t.Error(err)
@@ -452,7 +420,7 @@ func redishubFigures(t *testing.T, cfg suiteConfig, out *rows) {
 			}
 			if r > 0 {
 				rhMem = append(rhMem, memDelta(after, before, n))
-				t.Logf("round %d: redishub %.2f KiB per idle listener", r, rhMem[len(rhMem)-1].rss/1024)
+				t.Logf("round %d: redishub %.2f KiB per idle listener", r, rhMem[len(rhMem)-1].RSS/1024)
 			}
 			if err := f.Close(); err != nil {
 				t.Error(err)
@@ -477,12 +445,12 @@ func redishubFigures(t *testing.T, cfg suiteConfig, out *rows) {
 	}
 	out.add(row{fig: "6", measure: fmt.Sprintf("memory per idle EventSource listener at %d, one per channel", n), note: "process RSS growth",
 		subject: "redishub, 2 instances", base: "embedded, 1 instance", unit: "KiB",
-		subj: memv(rhMem, func(m memory) float64 { return m.rss }), baseV: memv(hubMem, func(m memory) float64 { return m.rss }),
+		subj: memv(rhMem, func(m memory) float64 { return m.RSS }), baseV: memv(hubMem, func(m memory) float64 { return m.RSS }),
 		target: "≤ 1.5×", holds: func(_, _, r float64) bool { return r <= 1.5 }})
 	out.add(row{fig: "6", measure: "of which Go heap (HeapInuse)", subject: "redishub, 2 instances", base: "embedded, 1 instance", unit: "KiB",
-		subj: memv(rhMem, func(m memory) float64 { return m.heap }), baseV: memv(hubMem, func(m memory) float64 { return m.heap })})
+		subj: memv(rhMem, func(m memory) float64 { return m.Heap }), baseV: memv(hubMem, func(m memory) float64 { return m.Heap })})
 	out.add(row{fig: "6", measure: "of which goroutine stacks (StackInuse)", subject: "redishub, 2 instances", base: "embedded, 1 instance", unit: "KiB",
-		subj: memv(rhMem, func(m memory) float64 { return m.stack }), baseV: memv(hubMem, func(m memory) float64 { return m.stack })})
+		subj: memv(rhMem, func(m memory) float64 { return m.Stack }), baseV: memv(hubMem, func(m memory) float64 { return m.Stack })})
 
 	// The fan-out: redishub on Redis A, Nchan on Redis B.
 	pair, ls := redishubPair(t, rdA.Addr, "fanout:", ids)
@@ -605,7 +573,7 @@ func redishubFigures(t *testing.T, cfg suiteConfig, out *rows) {
 // memDelta is the growth from before to after, per listener of n.
 func memDelta(after, before memory, n int) memory {
 	d := float64(n)
-	return memory{rss: (after.rss - before.rss) / d, heap: (after.heap - before.heap) / d, stack: (after.stack - before.stack) / d}
+	return memory{RSS: (after.RSS - before.RSS) / d, Heap: (after.Heap - before.Heap) / d, Stack: (after.Stack - before.Stack) / d}
 }
 
 // redishubPair starts two redishub instances on Redis at addr under

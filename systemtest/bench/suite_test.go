@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sessionpush/sessionpush/internal/servers"
 )
 
 // suiteConfig bounds the suite: the full run or the smoke test.
@@ -203,10 +205,6 @@ func commit() string {
 	return c
 }
 
-// clockTick is USER_HZ, the unit of /proc/<pid>/stat's CPU times: 100 on
-// Linux (x86, arm64).
-const clockTick = 100
-
 // procCPU returns the CPU time of a single-threaded process (the nginx
 // worker): the scheduler's run time in nanoseconds from
 // /proc/<pid>/schedstat, or, where the kernel lacks it, utime+stime from
@@ -219,33 +217,7 @@ func procCPU(pid int) (time.Duration, error) {
 			}
 		}
 	}
-	return procStatCPU(pid)
-}
-
-// procStatCPU returns the process's user+system CPU time from
-// /proc/<pid>/stat.
-func procStatCPU(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command name (field 2) is in parentheses and may hold spaces.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, s)
-	}
-	f := strings.Fields(s[i+1:])
-	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, s)
-	}
-	ut, err1 := strconv.ParseInt(f[11], 10, 64)
-	st, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, s)
-	}
-	return time.Duration(ut+st) * time.Second / clockTick, nil
+	return servers.ProcCPU(pid)
 }
 
 // selfCPU returns this process's user+system CPU time (getrusage).

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -165,7 +164,7 @@ func runRow(t *testing.T, cfg config, s *server, pem []byte) *result {
 	}
 	after := selfRSS(t)
 	per := func(a, b float64) float64 { return (a - b) / float64(cfg.n) / 1024 }
-	res.idle, res.heap, res.stack = per(after.rss, before.rss), per(after.heap, before.heap), per(after.stack, before.stack)
+	res.idle, res.heap, res.stack = per(after.RSS, before.RSS), per(after.Heap, before.Heap), per(after.Stack, before.Stack)
 	var keys []string
 	stop := profile(t, cfg, s.name+"-one")
 	for r := range cfg.rounds + 1 {
@@ -318,41 +317,23 @@ func selfCPU() time.Duration {
 }
 
 // memory is this process's memory in bytes.
-type memory struct{ rss, heap, stack float64 }
+type memory = servers.Memory
 
 // procCPU is the user and system CPU time of process pid, all its
-// threads, from /proc/<pid>/stat (in clock ticks of 10 ms); 0 if unknown.
+// threads; 0 if unknown.
 func procCPU(pid int) time.Duration {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	// The fields after the command name, which is in parentheses.
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	u, _ := strconv.ParseInt(f[11], 10, 64) // utime, field 14
-	s, _ := strconv.ParseInt(f[12], 10, 64) // stime, field 15
-	return time.Duration(u+s) * 10 * time.Millisecond
+	d, _ := servers.ProcCPU(pid)
+	return d
 }
 
 // selfRSS is this process's memory, after a collection that returns freed
 // memory to the system.
 func selfRSS(t *testing.T) memory {
-	runtime.GC()
-	debug.FreeOSMemory()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	kb, err := servers.ProcStatus("self", "VmRSS")
+	m, err := servers.SelfMemory()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return memory{rss: float64(kb) * 1024, heap: float64(ms.HeapInuse), stack: float64(ms.StackInuse)}
+	return m
 }
 
 func openFDs(t *testing.T) int {
