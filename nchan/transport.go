@@ -250,7 +250,7 @@ func (c *conn) exchange(t *transport, target [3]string, rq *request, pr *progres
 			return 0, nil, false, err
 		}
 		pr.firstByte = true
-		status, body, _, rerr := c.readAnswer(rq.method)
+		status, body, _, rerr := c.readAnswer()
 		if rerr != nil {
 			return 0, nil, false, err
 		}
@@ -262,12 +262,13 @@ func (c *conn) exchange(t *transport, target [3]string, rq *request, pr *progres
 		return 0, nil, false, err
 	}
 	pr.firstByte = true
-	return c.readAnswer(rq.method)
+	return c.readAnswer()
 }
 
 // readAnswer reads the answer's header (after any interim 1xx answers) and
-// up to maxBody bytes of its body with fasthttp.
-func (c *conn) readAnswer(method string) (status int, body []byte, keep bool, err error) {
+// up to maxBody bytes of its body with fasthttp. The Client never sends
+// HEAD, so only the status tells an answer without a body.
+func (c *conn) readAnswer() (status int, body []byte, keep bool, err error) {
 	ambiguous, err := checkFraming(c.br)
 	if err != nil {
 		return 0, nil, false, err
@@ -283,7 +284,7 @@ func (c *conn) readAnswer(method string) (status int, body []byte, keep bool, er
 	switch {
 	case status == http.StatusSwitchingProtocols:
 		return status, nil, false, errSwitchingProtocols
-	case status == http.StatusNoContent || status == http.StatusNotModified || method == http.MethodHead:
+	case status == http.StatusNoContent || status == http.StatusNotModified:
 		return status, nil, keep, nil
 	}
 	resp.SkipBody = false
